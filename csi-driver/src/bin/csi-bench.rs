@@ -1,0 +1,573 @@
+//! A plain CSI client and load tool. It speaks only the CSI wire protocol, so
+//! it drives any CSI driver (ours, the reference hostpath driver, ...) the
+//! same way, and it measures the syscall floor the drivers stand on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::identity_client::IdentityClient;
+use csi_proto::v1::node_client::NodeClient;
+use csi_proto::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+use csi_proto::v1::*;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "CSI client and load generator for any CSI driver")]
+struct Cli {
+    /// The driver's endpoint: unix:///path/to/csi.sock
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        global = true,
+        default_value = "unix:///csi/csi.sock"
+    )]
+    endpoint: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Plugin info, capabilities, probe and node info.
+    Info,
+    /// CreateVolume; prints the volume id and its context.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// StorageClass-style parameter key=value (repeatable).
+        #[arg(long = "param", value_parser = key_value)]
+        params: Vec<(String, String)>,
+    },
+    /// DeleteVolume.
+    Delete {
+        #[arg(long)]
+        volume_id: String,
+    },
+    /// NodePublishVolume of one volume on one target.
+    Publish {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// NodeUnpublishVolume.
+    Unpublish {
+        #[arg(long)]
+        volume_id: String,
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// NodeGetVolumeStats.
+    Stats {
+        #[arg(long)]
+        volume_id: String,
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Concurrent NodePublishVolume + NodeUnpublishVolume cycles.
+    Load {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// CreateVolume with this name first and publish what it returns.
+        #[arg(long)]
+        create: Option<String>,
+        /// Parameters for --create (key=value, repeatable).
+        #[arg(long = "param", value_parser = key_value)]
+        params: Vec<(String, String)>,
+        /// The driver's pid, to sample its resident memory under load.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// The floor: mkdir + bind mount + umount + rmdir, with no driver at all.
+    Floor {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Directory to bind.
+        #[arg(long)]
+        source: PathBuf,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+struct VolumeArgs {
+    /// Volume id (ignored by `load --create`, which uses the created id).
+    #[arg(long, default_value = "bench-volume")]
+    volume_id: String,
+    /// Volume context key=value (repeatable), e.g. mount-type=volume.
+    #[arg(long = "attr", value_parser = key_value)]
+    attrs: Vec<(String, String)>,
+    #[arg(long)]
+    readonly: bool,
+    #[arg(long, value_enum, default_value_t = Access::MultiNodeMultiWriter)]
+    access_mode: Access,
+}
+
+#[derive(Debug, ClapArgs)]
+struct RunArgs {
+    /// Concurrent workers, each on its own target.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Parent of the per-worker target directories (created, then removed).
+    #[arg(long)]
+    target_dir: PathBuf,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Access {
+    SingleNodeWriter,
+    MultiNodeReaderOnly,
+    MultiNodeMultiWriter,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn capability(access: Access) -> VolumeCapability {
+    let mode = match access {
+        Access::SingleNodeWriter => Mode::SingleNodeWriter,
+        Access::MultiNodeReaderOnly => Mode::MultiNodeReaderOnly,
+        Access::MultiNodeMultiWriter => Mode::MultiNodeMultiWriter,
+    };
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn publish_request(
+    volume: &VolumeArgs,
+    id: &str,
+    context: &HashMap<String, String>,
+    target: &Path,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: id.to_owned(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability(volume.access_mode)),
+        readonly: volume.readonly,
+        volume_context: context.clone(),
+        ..NodePublishVolumeRequest::default()
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<Channel> {
+    let socket = csi_proto::unix_socket_path(endpoint)
+        .with_context(|| format!("--endpoint {endpoint:?}: must be unix:///absolute/path"))?;
+    csi_proto::connect(&socket)
+        .await
+        .with_context(|| format!("connect to {}", socket.display()))
+}
+
+/// Latency percentiles over sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    cycles: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.cycles.extend(other.cycles);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+    fn fail(&mut self, message: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(message);
+    }
+}
+
+struct Report<'a> {
+    label: &'a str,
+    workers: usize,
+    elapsed: Duration,
+    samples: Samples,
+    rss: Option<(u64, u64)>,
+    json: bool,
+}
+
+impl Report<'_> {
+    #[allow(clippy::print_stdout)]
+    fn print(mut self) {
+        self.samples.cycles.sort();
+        let n = self.samples.cycles.len();
+        let rate = n as f64 / self.elapsed.as_secs_f64();
+        let micros = |d: Duration| d.as_secs_f64() * 1e6;
+        let (p50, p99) = (
+            percentile(&self.samples.cycles, 50.0),
+            percentile(&self.samples.cycles, 99.0),
+        );
+        let mean = if n == 0 {
+            Duration::ZERO
+        } else {
+            self.samples.cycles.iter().sum::<Duration>() / n as u32
+        };
+        if self.json {
+            let rss = self
+                .rss
+                .map_or("null".to_owned(), |(peak, _)| peak.to_string());
+            println!(
+                "{{\"label\":\"{}\",\"workers\":{},\"cycles\":{n},\"errors\":{},\"cycles_per_s\":{rate:.1},\"mean_us\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"peak_rss_kib\":{rss}}}",
+                self.label,
+                self.workers,
+                self.samples.errors,
+                micros(mean),
+                micros(p50),
+                micros(p99)
+            );
+            return;
+        }
+        println!(
+            "{}: {} workers, {n} publish+unpublish cycles in {:.1}s = {rate:.0} cycles/s; cycle latency mean {:.0}µs p50 {:.0}µs p99 {:.0}µs; errors {}",
+            self.label,
+            self.workers,
+            self.elapsed.as_secs_f64(),
+            micros(mean),
+            micros(p50),
+            micros(p99),
+            self.samples.errors
+        );
+        if let Some((peak, mean)) = self.rss {
+            println!("  server RSS under load: peak {peak} KiB, mean {mean} KiB");
+        }
+        if let Some(error) = &self.samples.first_error {
+            println!("  first error: {error}");
+        }
+    }
+}
+
+fn worker_targets(run: &RunArgs) -> Result<Vec<PathBuf>> {
+    (0..run.workers)
+        .map(|i| {
+            let parent = run.target_dir.join(format!("w{i}"));
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+            Ok(parent.join("target"))
+        })
+        .collect()
+}
+
+fn remove_worker_dirs(run: &RunArgs) {
+    for i in 0..run.workers {
+        let _ = std::fs::remove_dir(run.target_dir.join(format!("w{i}")));
+    }
+}
+
+async fn load(
+    channel: Channel,
+    volume: VolumeArgs,
+    run: RunArgs,
+    create: Option<String>,
+    params: Vec<(String, String)>,
+    server_pid: Option<u32>,
+) -> Result<()> {
+    let (volume_id, context) = match create {
+        Some(name) => {
+            let created = ControllerClient::new(channel.clone())
+                .create_volume(CreateVolumeRequest {
+                    name,
+                    parameters: params.into_iter().collect(),
+                    volume_capabilities: vec![capability(volume.access_mode)],
+                    ..CreateVolumeRequest::default()
+                })
+                .await
+                .context("CreateVolume")?
+                .into_inner()
+                .volume
+                .context("CreateVolume returned no volume")?;
+            (created.volume_id, created.volume_context)
+        }
+        None => (
+            volume.volume_id.clone(),
+            volume.attrs.iter().cloned().collect(),
+        ),
+    };
+    let targets = worker_targets(&run)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(run.seconds);
+    let volume = Arc::new(volume);
+    let started = Instant::now();
+    let sampler = server_pid.map(|pid| {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while Instant::now() < deadline {
+                seen.extend(rss_kib(pid));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        })
+    });
+    let mut tasks = Vec::new();
+    for target in targets {
+        let mut node = NodeClient::new(channel.clone());
+        let request = publish_request(&volume, &volume_id, &context, &target);
+        let unpublish = NodeUnpublishVolumeRequest {
+            volume_id: volume_id.clone(),
+            target_path: target.display().to_string(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                if let Err(status) = node.node_publish_volume(request.clone()).await {
+                    samples.fail(format!("publish: {status}"));
+                    continue;
+                }
+                if let Err(status) = node.node_unpublish_volume(unpublish.clone()).await {
+                    samples.fail(format!("unpublish: {status}"));
+                    continue;
+                }
+                samples.cycles.push(start.elapsed());
+            }
+            samples
+        }));
+    }
+    let mut samples = Samples::default();
+    for task in tasks {
+        samples.merge(task.await?);
+    }
+    let elapsed = started.elapsed();
+    let rss = match sampler {
+        Some(task) => {
+            let seen = task.await?;
+            let peak = seen.iter().copied().max();
+            peak.map(|peak| (peak, seen.iter().sum::<u64>() / seen.len() as u64))
+        }
+        None => None,
+    };
+    remove_worker_dirs(&run);
+    Report {
+        label: "driver",
+        workers: run.workers,
+        elapsed,
+        samples,
+        rss,
+        json: run.json,
+    }
+    .print();
+    Ok(())
+}
+
+/// What a driver cannot avoid doing per cycle, measured on threads that do
+/// nothing else.
+fn floor(run: RunArgs, source: PathBuf) -> Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let targets = worker_targets(&run)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(run.seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = targets
+        .into_iter()
+        .map(|target| {
+            let source = source.clone();
+            std::thread::spawn(move || {
+                let mut samples = Samples::default();
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    let cycle = (|| -> Result<()> {
+                        std::fs::create_dir(&target)?;
+                        mount(
+                            Some(&source),
+                            &target,
+                            None::<&str>,
+                            MsFlags::MS_BIND,
+                            None::<&str>,
+                        )?;
+                        umount2(&target, MntFlags::empty())?;
+                        std::fs::remove_dir(&target)?;
+                        Ok(())
+                    })();
+                    match cycle {
+                        Ok(()) => samples.cycles.push(start.elapsed()),
+                        Err(e) => {
+                            samples.fail(e.to_string());
+                            let _ = umount2(&target, MntFlags::MNT_DETACH);
+                            let _ = std::fs::remove_dir(&target);
+                        }
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Samples::default();
+    for thread in threads {
+        match thread.join() {
+            Ok(s) => samples.merge(s),
+            Err(_) => bail!("a floor worker panicked"),
+        }
+    }
+    let elapsed = started.elapsed();
+    remove_worker_dirs(&run);
+    Report {
+        label: "floor",
+        workers: run.workers,
+        elapsed,
+        samples,
+        rss: None,
+        json: run.json,
+    }
+    .print();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            match error.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
+                None => eprintln!("error: {error:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn run(cli: Cli) -> Result<()> {
+    if let Command::Floor { run, source } = cli.command {
+        return tokio::task::spawn_blocking(move || floor(run, source)).await?;
+    }
+    let channel = connect(&cli.endpoint).await?;
+    match cli.command {
+        Command::Info => {
+            let mut identity = IdentityClient::new(channel.clone());
+            let info = identity
+                .get_plugin_info(GetPluginInfoRequest {})
+                .await?
+                .into_inner();
+            println!("driver {} version {}", info.name, info.vendor_version);
+            let caps = identity
+                .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+                .await?
+                .into_inner();
+            let controller = caps.capabilities.iter().any(|c| {
+                matches!(
+                    c.r#type,
+                    Some(plugin_capability::Type::Service(ref s))
+                        if s.r#type == plugin_capability::service::Type::ControllerService as i32
+                )
+            });
+            println!("controller service: {controller}");
+            match identity.probe(ProbeRequest {}).await {
+                Ok(probe) => println!("probe: ready={:?}", probe.into_inner().ready),
+                Err(status) => println!("probe: {:?} {}", status.code(), status.message()),
+            }
+            if let Ok(info) = NodeClient::new(channel)
+                .node_get_info(NodeGetInfoRequest {})
+                .await
+            {
+                println!("node id: {}", info.into_inner().node_id);
+            }
+        }
+        Command::Create { name, params } => {
+            let volume = ControllerClient::new(channel)
+                .create_volume(CreateVolumeRequest {
+                    name,
+                    parameters: params.into_iter().collect(),
+                    volume_capabilities: vec![capability(Access::MultiNodeMultiWriter)],
+                    ..CreateVolumeRequest::default()
+                })
+                .await?
+                .into_inner()
+                .volume
+                .context("CreateVolume returned no volume")?;
+            println!("volume id: {}", volume.volume_id);
+            let mut context: Vec<_> = volume.volume_context.into_iter().collect();
+            context.sort();
+            for (key, value) in context {
+                println!("  {key}={value}");
+            }
+        }
+        Command::Delete { volume_id } => {
+            ControllerClient::new(channel)
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    secrets: HashMap::new(),
+                })
+                .await?;
+            println!("deleted {volume_id}");
+        }
+        Command::Publish { volume, target } => {
+            let context = volume.attrs.iter().cloned().collect();
+            let request = publish_request(&volume, &volume.volume_id, &context, &target);
+            NodeClient::new(channel)
+                .node_publish_volume(request)
+                .await?;
+            println!("published {} on {}", volume.volume_id, target.display());
+        }
+        Command::Unpublish { volume_id, target } => {
+            NodeClient::new(channel)
+                .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    target_path: target.display().to_string(),
+                })
+                .await?;
+            println!("unpublished {volume_id} from {}", target.display());
+        }
+        Command::Stats { volume_id, path } => {
+            let stats = NodeClient::new(channel)
+                .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                    volume_id,
+                    volume_path: path.display().to_string(),
+                    staging_target_path: String::new(),
+                })
+                .await?
+                .into_inner();
+            for usage in stats.usage {
+                println!(
+                    "{:?}: total {} used {} available {}",
+                    usage.unit(),
+                    usage.total,
+                    usage.used,
+                    usage.available
+                );
+            }
+            if let Some(condition) = stats.volume_condition {
+                println!("abnormal: {} ({})", condition.abnormal, condition.message);
+            }
+        }
+        Command::Load {
+            volume,
+            run,
+            create,
+            params,
+            server_pid,
+        } => load(channel, volume, run, create, params, server_pid).await?,
+        Command::Floor { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
