@@ -2,8 +2,11 @@ use clap::Parser;
 use csi_driver::config::Args;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The async side only decodes requests; mounts run on the blocking pool. One
+/// worker means fewer thread wake-ups per RPC (lower latency) and less memory.
+const ASYNC_WORKERS: usize = 1;
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -11,6 +14,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    csi_driver::server::run(args).await?;
+    // Blocking-pool threads would each get a glibc arena; two are plenty.
+    // SAFETY: runs before any other thread exists and only tunes malloc.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(ASYNC_WORKERS)
+        .enable_all()
+        .build()?
+        .block_on(csi_driver::server::run(args))?;
     Ok(())
 }

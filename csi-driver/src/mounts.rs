@@ -106,16 +106,23 @@ pub fn is_published_as(plan: &MountPlan, target: &Path, entry: &MountEntry) -> i
 pub fn mount(plan: &MountPlan, target: &Path) -> Result<(), MountError> {
     match &plan.source {
         MountSource::Bind { path, recursive } => {
-            if !path.try_exists().map_err(syscall("stat", path))? {
-                return Err(MountError::SourceMissing {
-                    source_name: path.display().to_string(),
-                });
-            }
-            match bind_with_attributes(path, target, *recursive, plan.read_only) {
+            let bound = match bind_with_attributes(path, target, *recursive, plan.read_only) {
                 Err(MountError::Syscall { error, .. })
                     if error.raw_os_error() == Some(libc::ENOSYS) =>
                 {
                     legacy_bind(path, target, *recursive, plan.read_only)
+                }
+                other => other,
+            };
+            // Only the source is looked up by open_tree (and by the legacy
+            // bind, whose target was just made): ENOENT means no such volume.
+            match bound {
+                Err(MountError::Syscall { step, error, .. })
+                    if error.kind() == io::ErrorKind::NotFound && step != "move_mount" =>
+                {
+                    Err(MountError::SourceMissing {
+                        source_name: path.display().to_string(),
+                    })
                 }
                 other => other,
             }

@@ -199,73 +199,79 @@ enum Publish {
 }
 
 fn publish(target: &Path, plan: &MountPlan) -> Result<Publish, NodeError> {
-    let Some(target) = resolve(target)? else {
-        return Err(NodeError::Precondition(format!(
-            "the parent directory of {} does not exist",
-            target.display()
-        )));
-    };
-    let created = match fs::create_dir(&target) {
-        Ok(()) => true,
+    match fs::create_dir(target) {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(&target)
-                .map_err(NodeError::io(format!("stat {}", target.display())))?;
-            if !meta.is_dir() {
-                return Err(InvalidField::new(
-                    "target_path",
-                    format!("{} exists and is not a directory", target.display()),
-                )
-                .into());
+            if let Some(outcome) = published_already(target, plan)? {
+                return outcome;
             }
-            false
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(NodeError::Precondition(format!(
+                "the parent directory of {} does not exist",
+                target.display()
+            )));
         }
         Err(e) => return Err(NodeError::io(format!("create {}", target.display()))(e)),
-    };
-    if !created {
-        let existing = mounts::mount_at(&target).map_err(NodeError::io("read mountinfo"))?;
-        if let Some(entry) = existing {
-            let same = mounts::is_published_as(plan, &target, &entry).map_err(NodeError::io(
-                format!("compare mount on {}", target.display()),
-            ))?;
-            return if same {
-                Ok(Publish::AlreadyThere)
-            } else {
-                Err(NodeError::Conflict {
-                    target,
-                    existing: format!(
-                        "{} from {}, {}",
-                        entry.fs_type,
-                        entry.source.as_deref().unwrap_or("?"),
-                        if entry.read_only { "ro" } else { "rw" }
-                    ),
-                })
-            };
-        }
     }
-    if let Err(error) = mounts::mount(plan, &target) {
-        if created {
-            // Leave nothing behind: the directory was ours and is still empty.
-            let _ = fs::remove_dir(&target);
-        }
+    if let Err(error) = mounts::mount(plan, target) {
+        // Leave nothing behind: remove_dir only removes an empty directory,
+        // so a directory that was there before with content survives.
+        let _ = fs::remove_dir(target);
         return Err(error.into());
     }
     Ok(Publish::Mounted)
 }
 
+/// For a target that exists: `None` when nothing is mounted on it yet,
+/// otherwise whether the mount there is this very publish or a conflict.
+fn published_already(
+    target: &Path,
+    plan: &MountPlan,
+) -> Result<Option<Result<Publish, NodeError>>, NodeError> {
+    let meta = fs::symlink_metadata(target)
+        .map_err(NodeError::io(format!("stat {}", target.display())))?;
+    if !meta.is_dir() {
+        return Err(InvalidField::new(
+            "target_path",
+            format!("{} exists and is not a directory", target.display()),
+        )
+        .into());
+    }
+    let Some(resolved) = resolve(target)? else {
+        return Ok(None);
+    };
+    let Some(entry) = mounts::mount_at(&resolved).map_err(NodeError::io("read mountinfo"))? else {
+        return Ok(None);
+    };
+    let same = mounts::is_published_as(plan, &resolved, &entry).map_err(NodeError::io(format!(
+        "compare mount on {}",
+        target.display()
+    )))?;
+    Ok(Some(if same {
+        Ok(Publish::AlreadyThere)
+    } else {
+        Err(NodeError::Conflict {
+            target: resolved,
+            existing: format!(
+                "{} from {}, {}",
+                entry.fs_type,
+                entry.source.as_deref().unwrap_or("?"),
+                if entry.read_only { "ro" } else { "rw" }
+            ),
+        })
+    }))
+}
+
 /// Unmounts everything on the target and removes the directory; a missing
 /// or unmounted target is fine. Returns how many mounts were removed.
 fn unpublish(target: &Path) -> Result<usize, NodeError> {
-    let Some(target) = resolve(target)? else {
-        return Ok(0);
-    };
-    match fs::symlink_metadata(&target) {
+    let removed = match mounts::unmount_all(target) {
+        Ok(removed) => removed,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(NodeError::io(format!("stat {}", target.display()))(e)),
-        Ok(_) => {}
-    }
-    let removed = mounts::unmount_all(&target)
-        .map_err(NodeError::io(format!("unmount {}", target.display())))?;
-    match fs::remove_dir(&target) {
+        Err(e) => return Err(NodeError::io(format!("unmount {}", target.display()))(e)),
+    };
+    match fs::remove_dir(target) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             Err(NodeError::io(format!("remove {}", target.display()))(e))
         }
