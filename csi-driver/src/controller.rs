@@ -167,13 +167,6 @@ fn validate(
     })
 }
 
-fn logged<T>(rpc: &'static str, result: Result<T, ControllerError>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|error| {
-        warn!(rpc, %error, "request failed");
-        error.into()
-    })
-}
-
 fn unsupported<T>(rpc: &'static str) -> Result<Response<T>, Status> {
     Err(ControllerError::Unsupported(rpc).into())
 }
@@ -191,7 +184,7 @@ impl Controller for ControllerService {
                 volume: Some(volume),
             }
         });
-        logged("CreateVolume", result)
+        crate::respond::<_, ControllerError>("CreateVolume", result)
     }
 
     async fn delete_volume(
@@ -210,14 +203,14 @@ impl Controller for ControllerService {
             info!(volume_id = %id, "volume deleted (the AFS volume itself is untouched)");
             Ok(DeleteVolumeResponse {})
         };
-        logged("DeleteVolume", result)
+        crate::respond::<_, ControllerError>("DeleteVolume", result)
     }
 
     async fn validate_volume_capabilities(
         &self,
         request: Request<ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
-        logged(
+        crate::respond::<_, ControllerError>(
             "ValidateVolumeCapabilities",
             validate(&request.into_inner()),
         )

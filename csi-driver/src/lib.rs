@@ -13,3 +13,18 @@ pub mod node;
 pub mod plan;
 pub mod server;
 pub mod volume;
+
+/// Turns a handler's result into the gRPC answer, logging refusals by RPC
+/// name and error (never the request: it may carry secrets).
+pub(crate) fn respond<T, E>(
+    rpc: &'static str,
+    result: Result<T, E>,
+) -> Result<tonic::Response<T>, tonic::Status>
+where
+    E: std::fmt::Display + Into<tonic::Status>,
+{
+    result.map(tonic::Response::new).map_err(|error| {
+        tracing::warn!(rpc, %error, "request failed");
+        error.into()
+    })
+}

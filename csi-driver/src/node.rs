@@ -340,13 +340,6 @@ fn abnormal(message: String) -> NodeGetVolumeStatsResponse {
     }
 }
 
-fn logged<T>(rpc: &'static str, result: Result<T, NodeError>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|error| {
-        warn!(rpc, %error, "request failed");
-        error.into()
-    })
-}
-
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn node_publish_volume(
@@ -377,7 +370,7 @@ impl Node for NodeService {
             Ok(NodePublishVolumeResponse {})
         }
         .await;
-        logged("NodePublishVolume", result)
+        crate::respond::<_, NodeError>("NodePublishVolume", result)
     }
 
     async fn node_unpublish_volume(
@@ -394,7 +387,7 @@ impl Node for NodeService {
             Ok(NodeUnpublishVolumeResponse {})
         }
         .await;
-        logged("NodeUnpublishVolume", result)
+        crate::respond::<_, NodeError>("NodeUnpublishVolume", result)
     }
 
     async fn node_get_volume_stats(
@@ -419,7 +412,7 @@ impl Node for NodeService {
             }
         }
         .await;
-        logged("NodeGetVolumeStats", result)
+        crate::respond::<_, NodeError>("NodeGetVolumeStats", result)
     }
 
     async fn node_get_capabilities(
@@ -454,7 +447,7 @@ impl Node for NodeService {
         &self,
         _request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
-        logged(
+        crate::respond::<_, NodeError>(
             "NodeStageVolume",
             Err(NodeError::Unsupported("NodeStageVolume")),
         )
@@ -464,7 +457,7 @@ impl Node for NodeService {
         &self,
         _request: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
-        logged(
+        crate::respond::<_, NodeError>(
             "NodeUnstageVolume",
             Err(NodeError::Unsupported("NodeUnstageVolume")),
         )
@@ -474,7 +467,7 @@ impl Node for NodeService {
         &self,
         _request: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
-        logged(
+        crate::respond::<_, NodeError>(
             "NodeExpandVolume",
             Err(NodeError::Unsupported("NodeExpandVolume")),
         )
