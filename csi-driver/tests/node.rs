@@ -554,3 +554,58 @@ async fn target_parent_must_exist() {
         ErrorKind::NotFound
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_with_submounts_is_detached_on_unpublish() {
+    if !can_mount() {
+        return;
+    }
+    let fixture = Fixture::new();
+    // A submount inside the AFS root, as automounted volumes are under kAFS.
+    let automounted = fixture.afs_root().join(CELL).join("automounted");
+    fs::create_dir(&automounted).expect("mount point");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &automounted,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("tmpfs submount");
+    fs::write(automounted.join("inner.txt"), "inner").expect("file in submount");
+
+    let driver = Driver::start(&fixture, "kafs", "node").await;
+    let target = fixture.target("root");
+    driver
+        .node()
+        .node_publish_volume(publish(&target, root_attrs(), false))
+        .await
+        .expect("publish root");
+    let inner = target.join(CELL).join("automounted").join("inner.txt");
+    assert_eq!(
+        fs::read_to_string(&inner).expect("submount visible"),
+        "inner"
+    );
+    // A plain unmount is refused while the submount hangs below the target.
+    assert_eq!(
+        nix::mount::umount2(&target, nix::mount::MntFlags::empty()),
+        Err(nix::errno::Errno::EBUSY)
+    );
+
+    driver
+        .node()
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish detaches");
+    assert!(!target.exists());
+    let left: Vec<_> = fixture
+        .mounts_below()
+        .into_iter()
+        .filter(|point| point.contains("/pods/"))
+        .collect();
+    assert!(left.is_empty(), "nothing left under the target: {left:?}");
+    assert_eq!(
+        fs::read_to_string(automounted.join("inner.txt")).expect("original submount intact"),
+        "inner"
+    );
+}
