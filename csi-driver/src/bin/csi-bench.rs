@@ -85,6 +85,12 @@ enum Command {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// The IPC floor: two no-op RPCs (NodeGetInfo) per cycle, what any gRPC
+    /// driver pays before doing anything.
+    RpcFloor {
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// The floor: mkdir + bind mount + umount + rmdir, with no driver at all.
     Floor {
         #[command(flatten)]
@@ -251,7 +257,7 @@ impl Report<'_> {
             return;
         }
         println!(
-            "{}: {} workers, {n} publish+unpublish cycles in {:.1}s = {rate:.0} cycles/s; cycle latency mean {:.0}µs p50 {:.0}µs p99 {:.0}µs; errors {}",
+            "{}: {} workers, {n} cycles in {:.1}s = {rate:.0} cycles/s; cycle latency mean {:.0}µs p50 {:.0}µs p99 {:.0}µs; errors {}",
             self.label,
             self.workers,
             self.elapsed.as_secs_f64(),
@@ -267,6 +273,43 @@ impl Report<'_> {
             println!("  first error: {error}");
         }
     }
+}
+
+async fn rpc_floor(channel: Channel, run: RunArgs) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(run.seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..run.workers)
+        .map(|_| {
+            let mut node = NodeClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut samples = Samples::default();
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    for _ in 0..2 {
+                        if let Err(status) = node.node_get_info(NodeGetInfoRequest {}).await {
+                            samples.fail(status.to_string());
+                        }
+                    }
+                    samples.cycles.push(start.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Samples::default();
+    for task in tasks {
+        samples.merge(task.await?);
+    }
+    Report {
+        label: "rpc floor",
+        workers: run.workers,
+        elapsed: started.elapsed(),
+        samples,
+        rss: None,
+        json: run.json,
+    }
+    .print();
+    Ok(())
 }
 
 async fn stage_if_needed(
@@ -493,7 +536,9 @@ fn floor(run: RunArgs, source: PathBuf) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
+// One thread: the client's own wake-ups would otherwise be counted against
+// the driver under test.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -618,6 +663,7 @@ async fn run(cli: Cli) -> Result<()> {
             params,
             server_pid,
         } => load(channel, volume, run, create, params, server_pid).await?,
+        Command::RpcFloor { run } => rpc_floor(channel, run).await?,
         Command::Floor { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
