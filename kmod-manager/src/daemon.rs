@@ -1,0 +1,317 @@
+//! `run`: the driver container's daemon.
+//!
+//! Start: select the mapping (when configured) and check the image, verify and load.
+//! Then: ready file + `/readyz`, `/healthz`, `/metrics`, optional Node report.
+//! SIGTERM/SIGINT: unload only if the guard allows; otherwise keep the module, log why,
+//! and exit 0 (a pod being deleted must never crash-loop on "in use").
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::app::{AppError, Context, check_image};
+use crate::cli::RunArgs;
+use crate::guard::Decision;
+use crate::metrics::{Metrics, ModuleLabels};
+use crate::node::NodeReporter;
+use crate::state::ModuleState;
+use crate::unload::{UnloadError, evaluate, unload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ready file {path}: {source}")]
+    ReadyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("HTTP server: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+#[derive(Debug)]
+struct Shared {
+    ctx: Context,
+    ready: AtomicBool,
+    metrics: Metrics,
+    registry: Registry,
+}
+
+impl Shared {
+    fn labels(&self) -> ModuleLabels {
+        ModuleLabels {
+            module: self.ctx.guard.module.clone(),
+        }
+    }
+
+    /// Ready only when we finished loading AND the kernel still has the module live.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+            && match self.ctx.paths.read_state(&self.ctx.guard.module) {
+                Ok(ModuleState::Loaded(m)) => m.initstate == "live",
+                Ok(ModuleState::BuiltIn) => true,
+                _ => false,
+            }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let labels = s.labels();
+    match s.ctx.paths.read_state(&s.ctx.guard.module) {
+        Ok(ModuleState::Loaded(m)) => {
+            s.metrics.loaded.get_or_create(&labels).set(1);
+            s.metrics.refcount.get_or_create(&labels).set(m.refcount);
+        }
+        Ok(ModuleState::BuiltIn) => {
+            s.metrics.loaded.get_or_create(&labels).set(1);
+        }
+        _ => {
+            s.metrics.loaded.get_or_create(&labels).set(0);
+        }
+    }
+    s.metrics.ready.set(i64::from(s.is_ready()));
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Installs the SIGTERM/SIGINT handlers now; the future resolves on the first signal.
+fn shutdown_signal()
+-> Result<impl std::future::Future<Output = Result<&'static str, DaemonError>>, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    Ok(async move {
+        Ok(tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        })
+    })
+}
+
+fn write_ready_file(path: &std::path::Path, content: &str) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::ReadyFile {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // Write then rename, so a reader never sees a half-written file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Runs the daemon until a termination signal; returns Ok (exit 0) after the shutdown
+/// path whether or not the module could be unloaded.
+///
+/// The start (select, verify, load, ready file) runs before any async runtime exists so
+/// that nothing delays readiness. SIGTERM and SIGINT are blocked meanwhile: one arriving
+/// during the start stays pending and is handled by the normal shutdown path once the
+/// handlers are installed (so a ready file is never left behind).
+pub fn run(args: RunArgs) -> Result<(), DaemonError> {
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals), None)
+        .map_err(|e| DaemonError::Signal(e.into()))?;
+    let ctx = Context::build(&args.module, Some(&args.guard), &args.params)?;
+    if let Some(sel) = ctx.selection(args.module_version.as_deref())? {
+        info!(image = %sel.image, mapping = sel.index, matcher = %sel.matcher, kernel = %ctx.release, "kernel mapping selected");
+        check_image(&sel, args.image.as_deref(), ctx.release.full())?;
+    }
+    let report = crate::loader::load(&ctx.paths, &ctx.load).map_err(AppError::from)?;
+    write_ready_file(
+        &args.ready_file,
+        &format!("{} {}\n", ctx.guard.module, ctx.release),
+    )?;
+    info!(module = %ctx.guard.module, ready_file = %args.ready_file.display(), elapsed_ms = report.elapsed_ms, "ready");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?
+        .block_on(serve(args, ctx, report.elapsed_ms, stop_signals))
+}
+
+/// Serves readiness and metrics, reports the node, and handles the shutdown signal.
+async fn serve(
+    args: RunArgs,
+    ctx: Context,
+    load_ms: f64,
+    stop_signals: SigSet,
+) -> Result<(), DaemonError> {
+    // Handlers first, then unblock: a signal that arrived during the start is delivered now.
+    let signal = tokio::spawn(shutdown_signal()?);
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&stop_signals), None)
+        .map_err(|e| DaemonError::Signal(e.into()))?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    metrics.load_seconds.set(load_ms / 1000.0);
+    let shared = Arc::new(Shared {
+        ctx,
+        ready: AtomicBool::new(true),
+        metrics,
+        registry,
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(shared.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(DaemonError::Serve)
+    });
+    info!(listen = %args.listen, "serving /healthz /readyz /metrics");
+
+    let reporter = match (&args.report_node, &args.node_name) {
+        (true, Some(node)) => {
+            NodeReporter::connect(
+                node.clone(),
+                args.ready_label.clone(),
+                args.readiness_taint.clone(),
+            )
+            .await
+        }
+        (true, None) => {
+            warn!("--report-node needs --node-name (NODE_NAME); not reporting");
+            None
+        }
+        _ => None,
+    };
+    if let Some(r) = &reporter
+        && let Err(e) = r
+            .report(
+                true,
+                &format!(
+                    "{} loaded on {}",
+                    shared.ctx.guard.module, shared.ctx.release
+                ),
+            )
+            .await
+    {
+        warn!(error = %e, "node readiness report failed");
+    }
+
+    let sig = signal.await??;
+    info!(signal = sig, "shutting down");
+    shared.ready.store(false, Ordering::SeqCst);
+    if let Err(e) = std::fs::remove_file(&args.ready_file)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(error = %e, "cannot remove ready file");
+    }
+
+    let guard_shared = shared.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let s = &guard_shared;
+        let eval = evaluate(&s.ctx.paths, &s.ctx.guard);
+        if let Ok(e) = &eval {
+            s.metrics.guard_seconds.set(e.elapsed_ms / 1000.0);
+        }
+        match eval {
+            Ok(e) if matches!(e.decision, Decision::Refused { .. }) => Err(UnloadError::Refused {
+                module: e.module.clone(),
+                blockers: match &e.decision {
+                    Decision::Refused { blockers } => {
+                        blockers.iter().map(ToString::to_string).collect()
+                    }
+                    _ => Vec::new(),
+                },
+            }),
+            Ok(_) => unload(
+                &s.ctx.paths,
+                &s.ctx.guard,
+                None,
+                std::time::Duration::from_secs(1),
+            ),
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    let detail = match outcome {
+        Ok(report) => {
+            shared.metrics.unloads.inc();
+            info!(removed = ?report.removed, kept = ?report.kept, "module unloaded");
+            format!("{} unloaded", shared.ctx.guard.module)
+        }
+        Err(UnloadError::Refused { module, blockers }) => {
+            shared.metrics.unload_refusals.inc();
+            warn!(module = %module, ?blockers, "module in use: keeping it loaded");
+            format!("{module} kept: in use")
+        }
+        Err(e) => {
+            error!(error = %e, "unload failed: keeping the module");
+            format!("{} kept: {e}", shared.ctx.guard.module)
+        }
+    };
+    if let Some(r) = &reporter
+        && let Err(e) = r.report(false, &detail).await
+    {
+        warn!(error = %e, "node readiness report failed");
+    }
+    let _ = stop_tx.send(true);
+    server.await??;
+    info!("exiting");
+    Ok(())
+}

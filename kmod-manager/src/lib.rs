@@ -1,0 +1,24 @@
+//! kmod-manager: the right AFS kernel module for the running kernel, never unloaded
+//! while in use.
+//!
+//! Pure decision modules: [`kernel`] (release parsing), [`mapping`] (image selection),
+//! [`modinfo`] (fit of a `.ko`), [`depmod`] (load order), [`guard`] (unload decision),
+//! [`status`] (rendering). I/O modules: [`state`], [`mounts`], [`loader`], [`unload`],
+//! [`daemon`], [`node`].
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod depmod;
+pub mod guard;
+pub mod kernel;
+pub mod loader;
+pub mod mapping;
+pub mod metrics;
+pub mod modinfo;
+pub mod mounts;
+pub mod node;
+pub mod state;
+pub mod status;
+pub mod unload;

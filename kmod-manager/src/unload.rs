@@ -1,0 +1,201 @@
+//! Unloading through the guard: observe, decide, then `delete_module(O_NONBLOCK)`.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::kmod::{DeleteModuleFlags, delete_module};
+use serde::Serialize;
+use tracing::{info, instrument, warn};
+
+use crate::guard::{Decision, Facts, decide};
+use crate::mounts::{CsiTarget, MountNamespace, ScanError, find_csi_targets, scan_namespaces};
+use crate::state::{ModuleState, StateError, SysPaths, dependency_closure};
+
+/// What the guard watches.
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    pub module: String,
+    pub fs_types: Vec<String>,
+    pub csi_driver_name: String,
+    pub kubelet_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnloadError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("refusing to unload {module}: {}", blockers.join("; "))]
+    Refused {
+        module: String,
+        blockers: Vec<String>,
+    },
+    #[error("gave up waiting {waited:?} to unload {module}: {}", blockers.join("; "))]
+    Timeout {
+        module: String,
+        waited: Duration,
+        blockers: Vec<String>,
+    },
+    #[error("delete_module({module}) failed: {source}")]
+    Delete {
+        module: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("invalid module name {0:?}")]
+    Name(String),
+}
+
+/// Everything observed for one decision.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observation {
+    pub state: ModuleState,
+    pub namespaces: Vec<MountNamespace>,
+    pub csi_targets: Vec<CsiTarget>,
+}
+
+/// A decision and how long observing + deciding took.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    pub module: String,
+    pub decision: Decision,
+    pub namespaces_scanned: usize,
+    pub mount_entries_scanned: usize,
+    pub elapsed_ms: f64,
+}
+
+/// Reads every fact the guard needs.
+pub fn observe(paths: &SysPaths, cfg: &GuardConfig) -> Result<Observation, UnloadError> {
+    Ok(Observation {
+        state: paths.read_state(&cfg.module)?,
+        namespaces: scan_namespaces(&paths.proc)?,
+        csi_targets: find_csi_targets(&cfg.kubelet_dir, &cfg.csi_driver_name),
+    })
+}
+
+/// Observes and decides, timing both.
+#[instrument(skip_all, fields(module = %cfg.module))]
+pub fn evaluate(paths: &SysPaths, cfg: &GuardConfig) -> Result<Evaluation, UnloadError> {
+    let started = Instant::now();
+    let obs = observe(paths, cfg)?;
+    let decision = decide(Facts {
+        state: &obs.state,
+        namespaces: &obs.namespaces,
+        fs_types: &cfg.fs_types,
+        csi_targets: &obs.csi_targets,
+    });
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(Evaluation {
+        module: cfg.module.clone(),
+        namespaces_scanned: obs.namespaces.len(),
+        mount_entries_scanned: obs.namespaces.iter().map(|n| n.mounts.len()).sum(),
+        decision,
+        elapsed_ms,
+    })
+}
+
+/// The outcome of an unload.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnloadReport {
+    /// Modules removed, in order.
+    pub removed: Vec<String>,
+    /// Dependencies left loaded because something else still uses them.
+    pub kept: Vec<String>,
+}
+
+fn blockers_of(d: &Decision) -> Vec<String> {
+    match d {
+        Decision::Refused { blockers } => blockers.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Unloads the module if (and only if) the guard allows, then the dependencies that
+/// nothing else uses. With `wait`, polls every `poll` until safe or the time is up.
+#[instrument(skip_all, fields(module = %cfg.module))]
+pub fn unload(
+    paths: &SysPaths,
+    cfg: &GuardConfig,
+    wait: Option<Duration>,
+    poll: Duration,
+) -> Result<UnloadReport, UnloadError> {
+    let started = Instant::now();
+    // Dependencies are learned before the module goes ("used by" columns).
+    let deps = dependency_closure(&paths.module_table()?, &cfg.module);
+    loop {
+        let eval = evaluate(paths, cfg)?;
+        match &eval.decision {
+            Decision::NotLoaded => {
+                info!("module not loaded; nothing to unload");
+                return Ok(UnloadReport {
+                    removed: vec![],
+                    kept: vec![],
+                });
+            }
+            Decision::Safe => break,
+            Decision::Refused { .. } => {
+                let blockers = blockers_of(&eval.decision);
+                match wait {
+                    Some(w) if started.elapsed() < w => {
+                        info!(?blockers, "unload not safe yet; waiting");
+                        std::thread::sleep(poll.min(w.saturating_sub(started.elapsed())));
+                    }
+                    Some(w) => {
+                        return Err(UnloadError::Timeout {
+                            module: cfg.module.clone(),
+                            waited: w,
+                            blockers,
+                        });
+                    }
+                    None => {
+                        return Err(UnloadError::Refused {
+                            module: cfg.module.clone(),
+                            blockers,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    remove(&cfg.module)?;
+    let mut report = UnloadReport {
+        removed: vec![crate::depmod::normalize(&cfg.module)],
+        kept: vec![],
+    };
+    for dep in deps {
+        let table = paths.module_table()?;
+        match paths.module_state(&table, &dep) {
+            ModuleState::Loaded(m) if m.refcount == 0 && m.holders.is_empty() => {
+                match remove(&dep) {
+                    Ok(()) => report.removed.push(dep),
+                    Err(e) => {
+                        warn!(module = %dep, error = %e, "dependency stays loaded");
+                        report.kept.push(dep);
+                    }
+                }
+            }
+            ModuleState::Loaded(m) => {
+                info!(module = %dep, refcount = m.refcount, holders = ?m.holders, "dependency still in use; kept");
+                report.kept.push(dep);
+            }
+            _ => {}
+        }
+    }
+    Ok(report)
+}
+
+/// `delete_module` with O_NONBLOCK: fails with EWOULDBLOCK instead of waiting, never forced.
+fn remove(module: &str) -> Result<(), UnloadError> {
+    let name = CString::new(crate::depmod::normalize(module))
+        .map_err(|_| UnloadError::Name(module.to_owned()))?;
+    info!(module, "delete_module(O_NONBLOCK)");
+    delete_module(&name, DeleteModuleFlags::O_NONBLOCK).map_err(|source| UnloadError::Delete {
+        module: module.to_owned(),
+        source,
+    })
+}
