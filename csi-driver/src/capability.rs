@@ -7,10 +7,11 @@ use csi_proto::v1::volume_capability::access_mode::Mode;
 use crate::volume::InvalidField;
 
 /// Accepts mount access with any known access mode (AFS is shared by nature)
-/// and tells whether the mode is reader-only.
+/// and tells whether it asks for read-only access: a reader-only mode or the
+/// `ro` mount option (a PV's `mountOptions`).
 pub fn check(field: &str, capability: &VolumeCapability) -> Result<bool, InvalidField> {
-    match capability.access_type {
-        Some(AccessType::Mount(_)) => {}
+    let ro_option = match &capability.access_type {
+        Some(AccessType::Mount(mount)) => mount.mount_flags.iter().any(|flag| flag == "ro"),
         Some(AccessType::Block(_)) => {
             return Err(InvalidField::new(
                 field,
@@ -18,7 +19,7 @@ pub fn check(field: &str, capability: &VolumeCapability) -> Result<bool, Invalid
             ));
         }
         None => return Err(InvalidField::new(field, "access_type is required (mount)")),
-    }
+    };
     let mode = capability
         .access_mode
         .as_ref()
@@ -33,7 +34,7 @@ pub fn check(field: &str, capability: &VolumeCapability) -> Result<bool, Invalid
         | Mode::SingleNodeSingleWriter
         | Mode::SingleNodeMultiWriter
         | Mode::MultiNodeSingleWriter
-        | Mode::MultiNodeMultiWriter => Ok(false),
+        | Mode::MultiNodeMultiWriter => Ok(ro_option),
     }
 }
 
@@ -61,6 +62,14 @@ mod tests {
             Ok(true)
         );
         assert!(check("c", &capability(mount, Mode::Unknown)).is_err());
+        let ro = Some(AccessType::Mount(MountVolume {
+            mount_flags: vec!["ro".into()],
+            ..MountVolume::default()
+        }));
+        assert_eq!(
+            check("c", &capability(ro, Mode::MultiNodeMultiWriter)),
+            Ok(true)
+        );
         let block = Some(AccessType::Block(BlockVolume::default()));
         let err = check("c", &capability(block, Mode::SingleNodeWriter)).expect_err("block");
         assert_eq!(err.field, "c");

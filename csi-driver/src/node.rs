@@ -125,13 +125,7 @@ impl NodeService {
             .volume_capability
             .as_ref()
             .ok_or_else(|| InvalidField::new("volume_capability", "required"))?;
-        let reader_only = capability::check("volume_capability", capability)?;
-        let ro_flag = match &capability.access_type {
-            Some(csi_proto::v1::volume_capability::AccessType::Mount(mount)) => {
-                mount.mount_flags.iter().any(|flag| flag == "ro")
-            }
-            _ => false,
-        };
+        let capability_read_only = capability::check("volume_capability", capability)?;
         let (spec, unknown) = volume::parse_attributes(&request.volume_context)?;
         if !unknown.is_empty() {
             warn!(volume_id = %request.volume_id, ?unknown, "ignoring unknown volume attributes");
@@ -140,7 +134,7 @@ impl NodeService {
             self.cache_manager,
             &self.afs_root,
             &spec,
-            request.readonly || reader_only || ro_flag,
+            request.readonly || capability_read_only,
         ))
     }
 }
