@@ -15,8 +15,12 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     // Blocking-pool threads would each get a glibc arena; two are plenty.
+    // (glibc only: musl's allocator has no arenas and libc has no mallopt for it.)
     // SAFETY: runs before any other thread exists and only tunes malloc.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2)
+    };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ASYNC_WORKERS)
         .enable_all()

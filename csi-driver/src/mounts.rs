@@ -95,10 +95,23 @@ pub fn is_published_as(plan: &MountPlan, target: &Path, entry: &MountEntry) -> i
             let (shown, source) = (fs::metadata(target)?, fs::metadata(path)?);
             Ok(shown.dev() == source.dev() && shown.ino() == source.ino())
         }
-        MountSource::Afs { device } => {
-            Ok(entry.fs_type == AFS_FS_TYPE && entry.source.as_deref() == Some(device.as_str()))
-        }
+        MountSource::Afs { device } => Ok(entry.fs_type == AFS_FS_TYPE
+            && entry
+                .source
+                .as_deref()
+                .is_some_and(|shown| afs_source_matches(device, shown))),
     }
+}
+
+/// Whether kAFS shows a mount of `device` as `shown`. kAFS names a mount
+/// after the volume it got, not the one asked for: `#cell:vol` (prefer a
+/// read-only replica) of a volume that has no replica mounts the read-write
+/// volume and shows `%cell:vol`. The read-only flag is compared separately.
+fn afs_source_matches(device: &str, shown: &str) -> bool {
+    shown == device
+        || device
+            .strip_prefix('#')
+            .is_some_and(|rest| shown.strip_prefix('%') == Some(rest))
 }
 
 /// Makes the mount `plan` describes on the existing directory `target`.
@@ -269,6 +282,19 @@ mod tests {
             "/a\\040b\\134c\\011d"
         );
         assert_eq!(escape_mountinfo(Path::new("/plain/path")), "/plain/path");
+    }
+
+    #[test]
+    fn kafs_shows_the_volume_it_got() {
+        assert!(afs_source_matches("%c.org:v", "%c.org:v"));
+        assert!(afs_source_matches("#c.org:v", "#c.org:v"));
+        // No read-only replica: '#' falls back to the read-write volume.
+        assert!(afs_source_matches("#c.org:v", "%c.org:v"));
+        assert!(afs_source_matches("#c.org:v.readonly", "#c.org:v.readonly"));
+        // A read-write request is never satisfied by a replica.
+        assert!(!afs_source_matches("%c.org:v", "#c.org:v"));
+        assert!(!afs_source_matches("#c.org:v", "%c.org:w"));
+        assert!(!afs_source_matches("#c.org:v", "%other.org:v"));
     }
 
     #[test]

@@ -84,3 +84,63 @@ boot() {
         -append "console=ttyS0 panic=-1 oops=panic quiet scenario=$scenario" \
         </dev/null 2>&1 | tr -d '\r' >"$log" || true
 }
+
+# ---- The AFS node (tests/vm/node/): a Debian guest root over 9p with a real OpenAFS cell.
+NODE_TIMEOUT=${KMT_NODE_TIMEOUT:-420}
+
+# is_node_scenario NAME: the scenario runs on the AFS node (its file says "# kmt: node").
+is_node_scenario() { grep -q '^# kmt: node' "$HERE/scenarios/$1.sh" 2>/dev/null; }
+
+# Builds csi-driver and csi-bench statically (musl, non-PIE like kmod-manager).
+build_csi_binaries() {
+    (cd "$ROOT" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C relocation-model=static -C target-feature=+crt-static" \
+        cargo build -q -p csi-driver --release --target x86_64-unknown-linux-musl >&2)
+}
+
+# prepare_node (after prepare): ROOTFS, OPENAFS_KO, NODE_INITRD, CELLDIR; the guest root and
+# openafs.ko (cached), the node initramfs, and the cell (made by one boot, cached).
+prepare_node() {
+    local out t0=$SECONDS
+    say "node: building csi-driver and csi-bench (static musl)"
+    build_csi_binaries || return 1
+    [[ $BIN == */x86_64-unknown-linux-musl/* ]] || { say "node: kmod-manager is not a static musl build"; return 1; }
+    out=$("$HERE/node/prepare-root" "$KVER") || return 1
+    out=$(tail -n1 <<<"$out")
+    ROOTFS=${out#ROOTFS=}; ROOTFS=${ROOTFS%% *}
+    OPENAFS_KO=${out##*OPENAFS_KO=}
+    NODE_INITRD=$LOGDIR/node-initramfs.cpio
+    say "node: packing the node initramfs (kafs chain, openafs.ko, 9p, csi-driver, kmod-manager)"
+    "$HERE/node/build-initramfs" "$NODE_INITRD" "$KVER" "$TREE" "$OPENAFS_KO" "$(dirname "$BIN")" || return 1
+    # The cell is remade when the scripts that make it change.
+    CELLDIR=$(dirname "$ROOTFS")/cell-$(cat "$HERE/node/cell-init.sh" "$HERE/node/lib.sh" | sha256sum | cut -c1-12)
+    mkdir -p "$CELLDIR" || return 1
+    find "$(dirname "$ROOTFS")" -maxdepth 1 -name 'cell-*' ! -path "$CELLDIR" -exec rm -rf {} + # stale cells
+    if [[ ! -f $CELLDIR/cell.tar ]]; then
+        say "node: creating the AFS cell test.afs once (databases, volumes, mount point, ACLs; one VM boot)"
+        boot_node cell-init "$LOGDIR/cell-init.log" rw
+        sed -n '/KMT-START/,/^KMT-RESULT/p' "$LOGDIR/cell-init.log" | grep -E '^(KMT|  (ok|not ok) |== )' >&2 || true
+        if ! grep -q '^KMT-RESULT cell-init PASS' "$LOGDIR/cell-init.log" || [[ ! -f $CELLDIR/cell.tar ]]; then
+            rm -f "$CELLDIR/cell.tar"
+            say "node: creating the cell failed; serial log $LOGDIR/cell-init.log"
+            tail -n 40 "$LOGDIR/cell-init.log" >&2
+            return 1
+        fi
+    fi
+    say "node: ready in $((SECONDS - t0)) s (guest root $ROOTFS, cell cache $CELLDIR)"
+}
+
+# boot_node SCENARIO LOGFILE [rw]: one boot of the AFS node; rw lets it write the cell cache.
+boot_node() {
+    local scenario=$1 log=$2 mode=${3:-ro} ro=",readonly=on"
+    [[ $mode == rw ]] && ro=""
+    timeout --kill-after=10 "$NODE_TIMEOUT" "$QEMU" \
+        -accel tcg -cpu max -m 1024 -nographic -nic none -no-reboot \
+        -kernel "$KERNEL" -initrd "$NODE_INITRD" \
+        -virtfs "local,path=$ROOTFS,mount_tag=rootfs,security_model=none,multidevs=remap,readonly=on" \
+        -virtfs "local,path=$CELLDIR,mount_tag=cellcache,security_model=none,multidevs=remap$ro" \
+        -append "console=ttyS0 panic=-1 oops=panic quiet scenario=$scenario cellcache=$mode" \
+        </dev/null 2>&1 | tr -d '\r' >"$log" || true
+}
+
+# oops_in LOGFILE: the first kernel oops/BUG line of a boot, if any.
+oops_in() { grep -m1 -E 'Oops|BUG: |general protection fault|Kernel panic' "$1" || true; }

@@ -1,0 +1,130 @@
+# Guest-side helpers for the AFS node scenarios (sourced after scenarios/lib.sh, inside
+# the Debian guest root; POSIX sh). A real OpenAFS cell on loopback only: 127.1.0.1/32 on
+# lo (OpenAFS refuses 127.0.0.x), named in CellServDB, /etc/hosts and NetInfo.
+CELL=test.afs
+ADDR=127.1.0.1
+TESTVOL=test.vol
+DRIVER=auristorfs.csi.auristor.com
+SOCK=/run/csi/csi.sock
+EP=unix://$SOCK
+KUBELET=/var/lib/kubelet
+AFSLIB=/usr/lib/openafs
+CELLTAR=/kmt-cell/cell.tar
+step() { echo "== $*"; }
+# show CMD...: runs CMD, its output indented (for the narrative), returns its status.
+show() { "$@" >/tmp/show.out 2>&1; rc=$?; $BB sed 's/^/    | /' /tmp/show.out; return $rc; }
+
+# The cell's configuration (server and client side) and its tmpfs directories.
+cell_config() {
+    ip addr add $ADDR/32 dev lo 2>/dev/null
+    ip link set lo up
+    hostname afs1
+    printf '127.0.0.1 localhost\n%s afs1.%s afs1\n' $ADDR $CELL > /etc/hosts
+    mkdir -p /etc/openafs/server /var/lib/openafs /vicepa /var/cache/openafs /var/log/openafs
+    mount -t tmpfs -o mode=0755 tmpfs /var/lib/openafs # local/ holds the fssync unix socket
+    mount -t tmpfs -o size=200m tmpfs /vicepa
+    mkdir -p /var/lib/openafs/local /var/lib/openafs/db
+    chmod 0700 /var/lib/openafs/local /var/lib/openafs/db
+    touch /var/lib/openafs/local/NoAuth # unauthenticated cell
+    for conf in /etc/openafs/server /etc/openafs; do
+        echo $CELL > $conf/ThisCell
+        printf '>%s #test cell\n%s #afs1.%s\n' $CELL $ADDR $CELL > $conf/CellServDB
+    done
+    echo "f$ADDR" > /var/lib/openafs/local/NetInfo
+    echo "f$ADDR" > /etc/openafs/NetInfo
+    echo "/afs:/var/cache/openafs:20000" > /etc/openafs/cacheinfo
+}
+
+# Starts ptserver and vlserver, waits for their quorum (one server: its own), then the
+# fileserver and volserver (no bosserver), and waits until the fileserver has registered
+# its address in the VLDB (a fileserver started before the quorum registers minutes later,
+# and kAFS then finds no address: EDESTADDRREQ).
+cell_servers() {
+    for s in ptserver vlserver; do $AFSLIB/$s >/var/log/openafs/$s.out 2>&1 & done
+    wait_cell "VL and PT quorum" "vos listvldb -noauth -cell $CELL && pts listentries -noauth -cell $CELL" || return 1
+    $AFSLIB/volserver >/var/log/openafs/volserver.out 2>&1 &
+    $AFSLIB/fileserver -L >/var/log/openafs/fileserver.out 2>&1 &
+    wait_cell "fileserver registered, partition /vicepa served" \
+        "vos listaddrs -noresolve -noauth -cell $CELL | grep -q "$ADDR" && vos listpart $ADDR -noauth -cell $CELL | grep -q /vicepa"
+}
+# wait_cell WHAT SHELL-CONDITION: up to 120 s.
+wait_cell() {
+    i=0
+    while [ $i -lt 240 ]; do
+        sh -c "$2" >/tmp/wait.out 2>&1 && return 0
+        $BB usleep 500000; i=$((i + 1))
+    done
+    echo "    cell: no $1 after 120 s:"; sed 's/^/    | /' /tmp/wait.out; tail -n 5 /var/log/openafs/*Log 2>/dev/null
+    return 1
+}
+
+# cell_up: the cell from its cached databases and partition (made once by cell_init).
+cell_up() {
+    cell_config
+    tar -xf $CELLTAR -C / || return 1
+    cell_servers || return 1
+    vos examine $TESTVOL -noauth -cell $CELL 2>&1 | grep -q "On-line" || { vos examine $TESTVOL -noauth -cell $CELL; return 1; }
+}
+
+# Stops the servers cleanly, as bos shutdown does (SIGQUIT: volumes detached, so the next
+# boot needs no salvage), and waits up to 60 s.
+cell_down() {
+    for s in fileserver volserver vlserver ptserver; do pkill -QUIT -x $s; done
+    i=0
+    while pgrep -x fileserver >/dev/null || pgrep -x volserver >/dev/null || pgrep -x vlserver >/dev/null || pgrep -x ptserver >/dev/null; do
+        if [ $i -ge 600 ]; then
+            echo "    still running after 60 s: $(pgrep -l -x 'fileserver|volserver|vlserver|ptserver' | tr '\n' ' ')"
+            tail -n 5 /var/log/openafs/FileLog /var/log/openafs/VolserLog
+            return 1
+        fi
+        $BB usleep 100000; i=$((i + 1))
+    done
+}
+
+# OpenAFS client: openafs.ko through kmod-manager, then afsd (memory cache, dynamic root).
+openafs_client_up() {
+    run_km /tmp/load-openafs.log load --config /kmt/etc/openafs.yaml || return 1
+    afsd -memcache -dynroot -fakestat -blocks 20000 -stat 2000 -daemons 2 -volumes 64 -nosettime >/tmp/afsd.log 2>&1 || { cat /tmp/afsd.log; return 1; }
+    grep -q ' /afs afs ' /proc/mounts
+}
+openafs_client_down() {
+    umount /afs 2>/dev/null
+    afsd -shutdown >/dev/null 2>&1
+    true
+}
+
+# kAFS client: kafs through kmod-manager, the cell, the dynamic root on /afs.
+kafs_client_up() {
+    run_km /tmp/load-kafs.log load --config /kmt/etc/kafs.yaml || return 1
+    echo "add $CELL $ADDR" > /proc/fs/afs/cells || return 1
+    mount -t afs none /afs -o dyn
+}
+
+# csi_start CACHE_MANAGER: the CSI driver in node mode on $SOCK, log in /tmp/csi.log.
+csi_start() {
+    mkdir -p /run/csi
+    RUST_LOG=info csi-driver --endpoint $EP --mode node --cache-manager "$1" --afs-root /afs --node-id afs-node-1 >>/tmp/csi.log 2>&1 &
+    CSI_PID=$!
+    i=0
+    while [ $i -lt 100 ]; do
+        [ -S $SOCK ] && csi-bench --endpoint $EP info >/tmp/csi-info.out 2>&1 && return 0
+        $BB usleep 100000; i=$((i + 1))
+    done
+    cat /tmp/csi.log; return 1
+}
+
+# target POD PV: a kubelet-style target path; its vol_data.json written as kubelet does.
+target() {
+    tdir=$KUBELET/pods/$1/volumes/kubernetes.io~csi/$2
+    mkdir -p "$tdir"
+    printf '{"driverName":"%s","volumeHandle":"%s"}\n' $DRIVER "$2" > "$tdir/vol_data.json"
+    echo "$tdir/mount"
+}
+# publish TARGET VOLUME_ID [csi-bench publish options...]
+publish() { t=$1 v=$2; shift 2; show csi-bench --endpoint $EP publish --volume-id "$v" --target "$t" "$@"; }
+unpublish() { show csi-bench --endpoint $EP unpublish --volume-id "$2" --target "$1"; }
+is_mounted() { grep -q " $1 " /proc/mounts; }
+# writes_refused_erofs FILE: a write fails with EROFS (Read-only file system).
+writes_refused_erofs() { ! sh -c "echo x > '$1'" 2>/tmp/erofs.err && grep -q 'Read-only file system' /tmp/erofs.err; }
+# no_oops: the kernel logged no oops or BUG (with oops=panic a boot would not get this far).
+no_oops() { ! dmesg | grep -qE 'Oops|BUG:|general protection'; }

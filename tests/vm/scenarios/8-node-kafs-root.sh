@@ -1,0 +1,18 @@
+# kmt: node
+# (8) AFS node, kAFS: mount-type root published; the test volume is reachable under the
+# target (the dynamic root, the cell, the mount point of the test volume).
+step "cell up"
+check "the cell $CELL is up" cell_up
+step "kafs loaded by kmod-manager, AFS root mounted"
+check "kmod-manager loads kafs; /afs is the dynamic root" kafs_client_up
+check "csi-driver (node, kafs) answers" csi_start kafs
+T=$(target pod-r pv-root)
+check "publish mount-type=root" publish $T root-1 --attr mount-type=root
+check "the target is a bind of the dynamic root" grep -q " $T afs " /proc/mounts
+check "the cell is listed under the target" sh -c "ls $T | grep -qx $CELL"
+check "the test volume is reachable under the target: $T/$CELL/$TESTVOL/README" grep -q made-by-cell-init $T/$CELL/$TESTVOL/README
+show ls -la $T/$CELL/$TESTVOL
+check "a file written under the root target reads back through /afs" sh -c "echo via-root > $T/$CELL/$TESTVOL/root.txt && grep -qx via-root /afs/$CELL/$TESTVOL/root.txt"
+check "unpublish" unpublish $T root-1
+check "the target and its submounts are gone" sh -c "! grep -q ' $T' /proc/mounts && [ ! -e $T ]"
+check "no kernel oops" no_oops
