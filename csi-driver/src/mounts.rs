@@ -33,6 +33,24 @@ pub enum MountError {
     },
 }
 
+/// For the call that looks up the bind source: ENOENT means no such volume.
+fn source_lookup(step: &'static str, source: &Path) -> impl FnOnce(io::Error) -> MountError {
+    let source = source.to_path_buf();
+    move |error| {
+        if error.kind() == io::ErrorKind::NotFound {
+            MountError::SourceMissing {
+                source_name: source.display().to_string(),
+            }
+        } else {
+            MountError::Syscall {
+                step,
+                path: source,
+                error,
+            }
+        }
+    }
+}
+
 fn syscall(step: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MountError {
     let path = path.to_path_buf();
     move |error| MountError::Syscall { step, path, error }
@@ -119,23 +137,11 @@ fn afs_source_matches(device: &str, shown: &str) -> bool {
 pub fn mount(plan: &MountPlan, target: &Path) -> Result<(), MountError> {
     match &plan.source {
         MountSource::Bind { path, recursive } => {
-            let bound = match bind_with_attributes(path, target, *recursive, plan.read_only) {
+            match bind_with_attributes(path, target, *recursive, plan.read_only) {
                 Err(MountError::Syscall { error, .. })
                     if error.raw_os_error() == Some(libc::ENOSYS) =>
                 {
                     legacy_bind(path, target, *recursive, plan.read_only)
-                }
-                other => other,
-            };
-            // Only the source is looked up by open_tree (and by the legacy
-            // bind, whose target was just made): ENOENT means no such volume.
-            match bound {
-                Err(MountError::Syscall { step, error, .. })
-                    if error.kind() == io::ErrorKind::NotFound && step != "move_mount" =>
-                {
-                    Err(MountError::SourceMissing {
-                        source_name: path.display().to_string(),
-                    })
                 }
                 other => other,
             }
@@ -177,7 +183,7 @@ fn bind_with_attributes(
     let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
     flags.set(OpenTreeFlags::AT_RECURSIVE, recursive);
     let tree = rustix::mount::open_tree(rustix::fs::CWD, source, flags)
-        .map_err(|e| syscall("open_tree", source)(e.into()))?;
+        .map_err(|e| source_lookup("open_tree", source)(e.into()))?;
     let mut attributes = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
     attributes.set(MountAttrFlags::MOUNT_ATTR_RDONLY, read_only);
     mount_setattr(tree.as_fd(), recursive, attributes).map_err(syscall("mount_setattr", source))?;
@@ -236,8 +242,9 @@ fn legacy_bind(
 ) -> Result<(), MountError> {
     let mut flags = MsFlags::MS_BIND;
     flags.set(MsFlags::MS_REC, recursive);
+    // The target was just made by publish: ENOENT can only be the source.
     nix::mount::mount(Some(source), target, None::<&str>, flags, None::<&str>)
-        .map_err(|e| syscall("bind", target)(e.into()))?;
+        .map_err(|e| source_lookup("bind", source)(e.into()))?;
     let mut remount =
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     remount.set(MsFlags::MS_RDONLY, read_only);
