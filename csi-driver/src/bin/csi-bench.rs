@@ -242,18 +242,18 @@ impl Report<'_> {
             self.samples.cycles.iter().sum::<Duration>() / n as u32
         };
         if self.json {
-            let rss = self
-                .rss
-                .map_or("null".to_owned(), |(peak, _)| peak.to_string());
-            println!(
-                "{{\"label\":\"{}\",\"workers\":{},\"cycles\":{n},\"errors\":{},\"cycles_per_s\":{rate:.1},\"mean_us\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"peak_rss_kib\":{rss}}}",
-                self.label,
-                self.workers,
-                self.samples.errors,
-                micros(mean),
-                micros(p50),
-                micros(p99)
-            );
+            let line = serde_json::json!({
+                "label": self.label,
+                "workers": self.workers,
+                "cycles": n,
+                "errors": self.samples.errors,
+                "cycles_per_s": rate,
+                "mean_us": micros(mean),
+                "p50_us": micros(p50),
+                "p99_us": micros(p99),
+                "peak_rss_kib": self.rss.map(|(peak, _)| peak),
+            });
+            println!("{line}");
             return;
         }
         println!(
