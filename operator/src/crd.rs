@@ -1,0 +1,509 @@
+//! The `SpecialResource` custom resource: one per node group.
+//!
+//! Generated into a CRD by `crdgen`; every rule a user can break is in the schema
+//! (patterns, enums, bounds, CEL) so that the API server refuses a bad spec at admission
+//! with a message naming the field. Defaults live here too, so `kubectl get -o yaml`
+//! shows what the operator acts on.
+
+// KubeSchema derives wrap each type in a private module, which trips this lint.
+#![allow(unreachable_pub)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kmod_manager::mapping::KernelMapping;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const API_GROUP: &str = "afs.csi.auristor.com";
+pub const DEFAULT_DRIVER_NAME: &str = "auristorfs.csi.auristor.com";
+
+/// Semantic version 2.0 without a leading `v` (build metadata allowed).
+const SEMVER: &str = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$";
+/// A DNS-1123 label (namespace names).
+const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS-1123 subdomain (CSI driver names, object names).
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// An image reference without tag or digest: `registry[:port]/path`.
+const IMAGE_REPOSITORY: &str = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$";
+/// A full image reference with a tag or digest.
+const IMAGE_REFERENCE: &str = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127}|@sha256:[a-f0-9]{64})$";
+/// An absolute path without `..` components, NUL or newlines.
+const ABSOLUTE_PATH: &str = r"^/([^/\x00\n]+/?)*$";
+
+/// Where the AFS kernel module and CSI driver go, and how new versions roll out.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "afs.csi.auristor.com",
+    version = "v1alpha1",
+    kind = "SpecialResource",
+    plural = "specialresources",
+    shortname = "sr",
+    status = "SpecialResourceStatus",
+    derive = "PartialEq",
+    cel,
+    printcolumn(name = "Group", type_ = "string", json_path = ".status.group"),
+    printcolumn(name = "Kmod", type_ = "string", json_path = ".spec.kmod.version"),
+    printcolumn(name = "CSI", type_ = "string", json_path = ".spec.csi.version"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyNodes"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecialResourceSpec {
+    /// Namespace of this group's module and CSI objects (created when missing).
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    pub namespace: String,
+    /// The node group: a node belongs to it when it carries every one of these labels.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("nodeSelector must name at least one label: an empty selector would take every node of the cluster"))]
+    #[schemars(length(max = 16))]
+    pub node_selector: BTreeMap<String, String>,
+    pub kmod: KmodSpec,
+    pub csi: CsiSpec,
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+/// The kernel module and its driver container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KmodSpec {
+    /// Module to load (its dependencies come from the image's modules.dep): `kafs`,
+    /// `openafs`, `yfs`. Its use by mounts or CSI volumes guards unloading.
+    #[schemars(length(min = 1, max = 56), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub module: String,
+    /// Module version (semver); `${MODULE_VERSION}` in image templates.
+    #[schemars(length(max = 64), regex(pattern = SEMVER))]
+    pub version: String,
+    /// Which driver-container image serves which kernel; first match wins.
+    #[x_kube(validation = Rule::new("self.all(m, [has(m.literal), has(m.regexp), has(m.semver)].filter(x, x).size() == 1)").message("kmod.kernelMappings: each mapping sets exactly one of literal, regexp, semver"))]
+    #[x_kube(validation = Rule::new("self.all(m, m.containerImage.matches('^([^$]|[$][{](KERNEL_FULL_VERSION|KERNEL_VERSION|KERNEL_XYZ|KERNEL_X|KERNEL_Y|KERNEL_Z|KERNEL_KABI_TAG|MODULE_VERSION)[}])+$'))").message("kmod.kernelMappings[].containerImage: only ${KERNEL_FULL_VERSION}, ${KERNEL_VERSION}, ${KERNEL_XYZ}, ${KERNEL_X}, ${KERNEL_Y}, ${KERNEL_Z}, ${KERNEL_KABI_TAG} and ${MODULE_VERSION} may be used"))]
+    #[schemars(schema_with = "kernel_mappings_schema")]
+    pub kernel_mappings: Vec<KernelMapping>,
+    /// Parameters passed to the module (`key=value`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9_.-]+(=[^\s]*)?$")))]
+    pub parameters: Vec<String>,
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Secrets (in `namespace`) to pull the driver-container images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(regex(pattern = DNS_SUBDOMAIN)))]
+    pub image_pull_secrets: Vec<String>,
+    /// Files mounted into the driver container (cache, client config, keytabs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w.name == v.name))").message("kmod.mapVolumes[].name must be unique"))]
+    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w.target == v.target))").message("kmod.mapVolumes[].target must be unique"))]
+    pub map_volumes: Vec<MapVolume>,
+    /// Filesystem types whose mounts keep the module in use.
+    #[serde(default = "default_in_use_filesystems")]
+    #[schemars(length(min = 1, max = 8), inner(regex(pattern = r"^[a-z0-9_.]{1,32}$")))]
+    pub in_use_filesystems: Vec<String>,
+}
+
+fn default_in_use_filesystems() -> Vec<String> {
+    vec!["afs".to_owned()]
+}
+
+/// The schema of kmod-manager's (Kubernetes-free) mapping type, with the bounds that
+/// let the API server cost the CEL rules.
+fn kernel_mappings_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 32,
+        "items": {
+            "type": "object",
+            "description": "Exactly one of literal, regexp (anchored: it must match the whole release) or semver (a range over X.Y.Z), and the image template to use.",
+            "properties": {
+                "literal": {"type": "string", "maxLength": 256},
+                "regexp": {"type": "string", "maxLength": 256},
+                "semver": {"type": "string", "maxLength": 64},
+                "containerImage": {"type": "string", "minLength": 1, "maxLength": 512}
+            },
+            "required": ["containerImage"]
+        }
+    })
+}
+
+/// `Always`, `IfNotPresent` or `Never`, as in a container spec.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// A file source mounted at `target` in the driver container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.hostPath), has(self.configMap), has(self.secret)].filter(x, x).size() == 1").message("kmod.mapVolumes[]: set exactly one of hostPath, configMap, secret"))]
+pub struct MapVolume {
+    /// Volume name (the original's `label`), e.g. `etc-yfs`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    pub name: String,
+    /// Absolute mount path in the driver container, e.g. `/etc/yfs`.
+    #[schemars(length(min = 2, max = 256), regex(pattern = ABSOLUTE_PATH))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..')").message("kmod.mapVolumes[].target must not contain '..'"))]
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<HostPathSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<NamedSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<NamedSource>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HostPathSource {
+    /// Absolute path on the node; created as a directory when missing.
+    #[schemars(length(min = 1, max = 256), regex(pattern = ABSOLUTE_PATH))]
+    pub path: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NamedSource {
+    /// Name of the ConfigMap or Secret in the SR's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+}
+
+/// The CSI driver: node plugin on every node of the group, one controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CsiSpec {
+    /// Driver image repository without tag; the tag is `version`.
+    #[schemars(length(min = 1, max = 256), regex(pattern = IMAGE_REPOSITORY))]
+    pub image: String,
+    /// Driver version (semver), the image tag.
+    #[schemars(length(max = 64), regex(pattern = SEMVER))]
+    pub version: String,
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// CSI driver name; SRs with the same name share one CSIDriver object.
+    #[serde(default = "default_driver_name")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_SUBDOMAIN))]
+    pub driver_name: String,
+    #[serde(default)]
+    pub cache_manager: CacheManager,
+    /// Where the AFS client mounts the AFS root on the node.
+    #[serde(default = "default_afs_root")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = ABSOLUTE_PATH))]
+    pub afs_root: String,
+    /// Mount options of provisioned volumes, e.g.
+    /// `context=system_u:object_r:container_file_t:s0` for SELinux.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256), regex(pattern = r"^[^\s,]+$")))]
+    pub mount_options: Vec<String>,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    #[serde(default)]
+    pub sidecars: Sidecars,
+    /// A StorageClass for dynamically provisioned volumes of this driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<StorageClassSpec>,
+}
+
+fn default_driver_name() -> String {
+    DEFAULT_DRIVER_NAME.to_owned()
+}
+
+fn default_afs_root() -> String {
+    "/afs".to_owned()
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheManager {
+    /// AuriStorFS (`yfs` module, afsd).
+    #[default]
+    Auristor,
+    /// OpenAFS (`openafs` module, afsd).
+    Openafs,
+    /// The Linux in-kernel AFS client (`kafs` module).
+    Kafs,
+}
+
+impl CacheManager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auristor => "auristor",
+            Self::Openafs => "openafs",
+            Self::Kafs => "kafs",
+        }
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// Full image references of the CSI sidecars.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Sidecars {
+    #[serde(default = "default_registrar")]
+    #[schemars(length(max = 512), regex(pattern = IMAGE_REFERENCE))]
+    pub node_driver_registrar: String,
+    #[serde(default = "default_liveness_probe")]
+    #[schemars(length(max = 512), regex(pattern = IMAGE_REFERENCE))]
+    pub liveness_probe: String,
+    #[serde(default = "default_provisioner")]
+    #[schemars(length(max = 512), regex(pattern = IMAGE_REFERENCE))]
+    pub provisioner: String,
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+}
+
+impl Default for Sidecars {
+    fn default() -> Self {
+        Self {
+            node_driver_registrar: default_registrar(),
+            liveness_probe: default_liveness_probe(),
+            provisioner: default_provisioner(),
+            image_pull_policy: PullPolicy::default(),
+        }
+    }
+}
+
+fn default_registrar() -> String {
+    "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.15.0".to_owned()
+}
+
+fn default_liveness_probe() -> String {
+    "registry.k8s.io/sig-storage/livenessprobe:v2.17.0".to_owned()
+}
+
+fn default_provisioner() -> String {
+    "registry.k8s.io/sig-storage/csi-provisioner:v6.0.0".to_owned()
+}
+
+/// An optional StorageClass of the driver.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageClassSpec {
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+    /// Volume parameters: `mount-type`, `cell-name`, `volume-name`, `read-only`.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("!('mount-type' in self) || self['mount-type'] in ['volume', 'root']").message("csi.storageClass.parameters.mount-type must be volume or root"))]
+    pub parameters: BTreeMap<String, String>,
+    /// Make it the cluster's default StorageClass.
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+/// How a change of module or driver reaches the group's nodes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Most nodes of the group out of service at once (a count, or a percent of the
+    /// group rounded up), counting nodes NotReady or cordoned for other reasons.
+    #[serde(default = "default_max_unavailable")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')").message("rollout.maxUnavailable must be a count >= 1 or a percent between 1% and 100%"))]
+    #[schemars(schema_with = "int_or_string_schema")]
+    pub max_unavailable: IntOrString,
+    /// Most nodes upgrading at once.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_parallel: u32,
+    /// Start no new node while true (nodes in progress finish).
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub eviction: EvictionSpec,
+    /// Pods matching this selector are waited for, never evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_non_interrupt_labels: Option<LabelSelector>,
+    #[serde(default)]
+    pub phase_timeouts: PhaseTimeouts,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            max_unavailable: default_max_unavailable(),
+            max_parallel: 1,
+            paused: false,
+            eviction: EvictionSpec::default(),
+            pod_non_interrupt_labels: None,
+            phase_timeouts: PhaseTimeouts::default(),
+        }
+    }
+}
+
+fn default_max_unavailable() -> IntOrString {
+    IntOrString::Int(1)
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn int_or_string_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 4}]
+    })
+}
+
+/// Pod eviction (through the Eviction API, so PodDisruptionBudgets hold).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvictionSpec {
+    /// How long the eviction phase of one node may take before the node fails.
+    #[serde(default = "default_eviction_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: u32,
+    /// Grace period given to evicted pods (default: the pod's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub grace_period_seconds: Option<u32>,
+}
+
+impl Default for EvictionSpec {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: default_eviction_timeout(),
+            grace_period_seconds: None,
+        }
+    }
+}
+
+fn default_eviction_timeout() -> u32 {
+    600
+}
+
+/// Per-phase limits of one node's upgrade; a node past one fails with the reason.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTimeouts {
+    /// Until no volume of the driver is published on the node.
+    #[serde(default = "default_phase_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub unmount_seconds: u32,
+    /// Until the old module pod is gone (its unload guard passed).
+    #[serde(default = "default_phase_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub module_swap_seconds: u32,
+    /// Until the new module and CSI node plugin are ready.
+    #[serde(default = "default_phase_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub validation_seconds: u32,
+}
+
+impl Default for PhaseTimeouts {
+    fn default() -> Self {
+        Self {
+            unmount_seconds: default_phase_timeout(),
+            module_swap_seconds: default_phase_timeout(),
+            validation_seconds: default_phase_timeout(),
+        }
+    }
+}
+
+fn default_phase_timeout() -> u32 {
+    600
+}
+
+/// What the operator observed and did.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecialResourceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The node selector as `key=value,...` (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `ready/total` nodes (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_nodes: Option<String>,
+    /// Ready, Progressing, Paused, Degraded, Conflict, Deleting (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The revision (hash of module and driver specs) nodes converge to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Node counts by rollout state.
+    #[serde(default)]
+    pub nodes: NodeCounts,
+    /// Kernels seen among the group's nodes and the image serving each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<KernelStatus>,
+    /// What still uses AFS volumes of the driver, per node (while deleting or upgrading).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<NodeUsage>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    pub total: u32,
+    /// Module loaded and CSI node plugin ready at the current revision.
+    pub ready: u32,
+    pub upgrade_required: u32,
+    pub upgrading: u32,
+    pub failed: u32,
+    /// Not Ready, or cordoned by someone else.
+    pub unavailable: u32,
+    /// Kernels without a mapping.
+    pub unmapped: u32,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelStatus {
+    pub kernel: String,
+    pub nodes: u32,
+    /// The driver-container image, or absent when no mapping matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Why there is no image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeUsage {
+    pub node: String,
+    /// `namespace/name` of pods using volumes of the driver.
+    pub pods: Vec<String>,
+}

@@ -1,0 +1,1 @@
+//! Desired Kubernetes objects of a SpecialResource (pure; no client).

@@ -1,0 +1,1 @@
+//! The rolling-update planner (pure): observed nodes, pods and budgets -> actions.
