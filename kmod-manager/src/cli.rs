@@ -180,6 +180,19 @@ pub struct RunArgs {
     /// NoSchedule taint removed from the node once ready.
     #[arg(long, env = "KMOD_READINESS_TAINT", default_value = DEFAULT_READINESS_TAINT)]
     pub readiness_taint: String,
+    /// With --report-node: how often usage (published CSI volumes, mounts, refcount) is
+    /// re-checked; the node's usage annotations are written only when they change.
+    #[arg(long, env = "KMOD_USAGE_INTERVAL", value_parser = parse_interval, default_value = "10s")]
+    pub usage_interval: Duration,
+}
+
+/// A humantime duration greater than zero.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -222,5 +235,24 @@ mod tests {
         assert_eq!(u.wait, Some(Duration::from_secs(300)));
         assert_eq!(u.guard.fs_types, ["afs", "yfs"]);
         assert_eq!(u.guard.csi_driver_name, DEFAULT_CSI_DRIVER);
+    }
+
+    #[test]
+    fn usage_interval() {
+        let run = |extra: &[&str]| {
+            Cli::try_parse_from(["kmod-manager", "run"].iter().chain(extra)).map(|c| {
+                match c.command {
+                    Command::Run(r) => r.usage_interval,
+                    _ => panic!("run"),
+                }
+            })
+        };
+        assert_eq!(run(&[]).expect("default"), Duration::from_secs(10));
+        assert_eq!(
+            run(&["--usage-interval", "1m30s"]).expect("parses"),
+            Duration::from_secs(90)
+        );
+        assert!(run(&["--usage-interval", "0s"]).is_err());
+        assert!(run(&["--usage-interval", "soon"]).is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! `run`: the driver container's daemon.
 //!
 //! Start: select the mapping (when configured) and check the image, verify and load.
-//! Then: ready file + `/readyz`, `/healthz`, `/metrics`, optional Node report.
+//! Then: ready file + `/readyz`, `/healthz`, `/metrics`, optional Node report, and with
+//! it a usage check every `--usage-interval` that updates the Node's usage annotations
+//! when they change.
 //! SIGTERM/SIGINT: unload only if the guard allows; otherwise keep the module, log why,
 //! and exit 0 (a pod being deleted must never crash-loop on "in use").
 
@@ -22,11 +24,11 @@ use tracing::{error, info, warn};
 
 use crate::app::{AppError, Context, check_image};
 use crate::cli::RunArgs;
-use crate::guard::Decision;
+use crate::guard::{Decision, Usage};
 use crate::metrics::{Metrics, ModuleLabels};
 use crate::node::NodeReporter;
 use crate::state::ModuleState;
-use crate::unload::{UnloadError, evaluate, unload};
+use crate::unload::{UnloadError, evaluate_with_usage, observe_usage, unload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -119,6 +121,24 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// What uses the module now (the guard's view), observed on a blocking thread; `None`,
+/// logged, when it cannot be observed.
+async fn current_usage(shared: Arc<Shared>) -> Option<Usage> {
+    match tokio::task::spawn_blocking(move || observe_usage(&shared.ctx.paths, &shared.ctx.guard))
+        .await
+    {
+        Ok(Ok(usage)) => Some(usage),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot observe module usage");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "module usage observation failed");
+            None
+        }
     }
 }
 
@@ -239,22 +259,46 @@ async fn serve(
         }
         _ => None,
     };
-    if let Some(r) = &reporter
-        && let Err(e) = r
-            .report(
-                true,
-                &format!(
-                    "{} loaded on {}",
-                    shared.ctx.guard.module, shared.ctx.release
-                ),
+    // With a reporter: the start report, then the usage loop until shutdown.
+    let mut usage_loop = None;
+    if let Some(r) = &reporter {
+        let usage = current_usage(shared.clone()).await;
+        let detail = format!(
+            "{} loaded on {}",
+            shared.ctx.guard.module, shared.ctx.release
+        );
+        // What the Node is known to carry; unknown (None) after a failed report.
+        let written = match r.report(true, &detail, usage.as_ref()).await {
+            Ok(()) => usage,
+            Err(e) => {
+                warn!(error = %e, "node readiness report failed");
+                None
+            }
+        };
+        let (usage_stop, usage_stop_rx) = watch::channel(false);
+        let (r, s, interval) = (r.clone(), shared.clone(), args.usage_interval);
+        let task = tokio::spawn(async move {
+            r.watch_usage(
+                written,
+                interval,
+                move || current_usage(s.clone()),
+                usage_stop_rx,
             )
             .await
-    {
-        warn!(error = %e, "node readiness report failed");
+        });
+        info!(interval = %humantime::format_duration(interval), "watching module usage");
+        usage_loop = Some((usage_stop, task));
     }
 
     let sig = signal.await??;
     info!(signal = sig, "shutting down");
+    // No usage write after this point: the final report below carries the usage.
+    if let Some((usage_stop, task)) = usage_loop {
+        let _ = usage_stop.send(true);
+        if let Err(e) = task.await {
+            warn!(error = %e, "usage loop ended abnormally");
+        }
+    }
     shared.ready.store(false, Ordering::SeqCst);
     if let Err(e) = std::fs::remove_file(&args.ready_file)
         && e.kind() != std::io::ErrorKind::NotFound
@@ -263,13 +307,16 @@ async fn serve(
     }
 
     let guard_shared = shared.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
+    let (outcome, usage) = tokio::task::spawn_blocking(move || {
         let s = &guard_shared;
-        let eval = evaluate(&s.ctx.paths, &s.ctx.guard);
+        let (eval, usage) = match evaluate_with_usage(&s.ctx.paths, &s.ctx.guard) {
+            Ok((e, u)) => (Ok(e), Some(u)),
+            Err(e) => (Err(e), None),
+        };
         if let Ok(e) = &eval {
             s.metrics.guard_seconds.set(e.elapsed_ms / 1000.0);
         }
-        match eval {
+        let outcome = match eval {
             Ok(e) if matches!(e.decision, Decision::Refused { .. }) => Err(UnloadError::Refused {
                 module: e.module.clone(),
                 blockers: match &e.decision {
@@ -286,7 +333,8 @@ async fn serve(
                 std::time::Duration::from_secs(1),
             ),
             Err(e) => Err(e),
-        }
+        };
+        (outcome, usage)
     })
     .await?;
     let detail = match outcome {
@@ -306,7 +354,7 @@ async fn serve(
         }
     };
     if let Some(r) = &reporter
-        && let Err(e) = r.report(false, &detail).await
+        && let Err(e) = r.report(false, &detail, usage.as_ref()).await
     {
         warn!(error = %e, "node readiness report failed");
     }

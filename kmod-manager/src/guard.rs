@@ -147,6 +147,95 @@ pub fn decide(facts: Facts<'_>) -> Decision {
     }
 }
 
+/// The module itself, as far as usage goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(
+    tag = "state",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ModuleUse {
+    NotLoaded,
+    BuiltIn,
+    Loaded { refcount: i64, holders: Vec<String> },
+}
+
+/// How much the module is used right now: the guard's view as counts (see [`usage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub module: ModuleUse,
+    /// Published (mounted) CSI targets of our driver: the [`Blocker::CsiTarget`]s.
+    pub csi_targets: usize,
+    /// Mounts of the module's filesystem types over every mount namespace: the
+    /// [`Blocker::Mount`]s (a CSI target of such a type is counted here too).
+    pub mounts: usize,
+}
+
+impl Usage {
+    /// Whether anything keeps the module (loaded or built in) from being unloaded.
+    pub fn in_use(&self) -> bool {
+        self.csi_targets > 0
+            || self.mounts > 0
+            || match &self.module {
+                ModuleUse::NotLoaded => false,
+                ModuleUse::BuiltIn => true,
+                ModuleUse::Loaded { refcount, holders } => *refcount != 0 || !holders.is_empty(),
+            }
+    }
+}
+
+/// A short summary: `no`, `no (not loaded)`, or what uses the module, e.g.
+/// `2 CSI targets, 1 mount, refcount 3`.
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let mut parts = Vec::new();
+        if self.csi_targets > 0 {
+            parts.push(plural(self.csi_targets, "CSI target"));
+        }
+        if self.mounts > 0 {
+            parts.push(plural(self.mounts, "mount"));
+        }
+        match &self.module {
+            ModuleUse::Loaded { refcount, holders } => {
+                if *refcount != 0 {
+                    parts.push(format!("refcount {refcount}"));
+                }
+                if !holders.is_empty() {
+                    parts.push(format!("held by {}", holders.join(",")));
+                }
+            }
+            ModuleUse::BuiltIn => parts.push("built in".to_owned()),
+            ModuleUse::NotLoaded if parts.is_empty() => return f.write_str("no (not loaded)"),
+            ModuleUse::NotLoaded => parts.push("not loaded".to_owned()),
+        }
+        if parts.is_empty() {
+            f.write_str("no")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
+/// What uses the module, from the same facts and the same rules as [`decide`] (pure).
+/// Unlike [`decide`], mounts and CSI targets are counted whether or not the module is
+/// loaded or built in.
+pub fn usage(facts: Facts<'_>) -> Usage {
+    Usage {
+        module: match facts.state {
+            ModuleState::Absent => ModuleUse::NotLoaded,
+            ModuleState::BuiltIn => ModuleUse::BuiltIn,
+            ModuleState::Loaded(m) => ModuleUse::Loaded {
+                refcount: m.refcount,
+                holders: m.holders.clone(),
+            },
+        },
+        csi_targets: mounted_targets(facts.namespaces, facts.csi_targets).len(),
+        mounts: fs_mounts(facts.namespaces, facts.fs_types).len(),
+    }
+}
+
 fn fs_mounts(namespaces: &[MountNamespace], fs_types: &[String]) -> Vec<Blocker> {
     let mut out = Vec::new();
     for ns in namespaces {
@@ -353,7 +442,92 @@ mod tests {
         assert!(!f(&ModuleState::BuiltIn).is_safe());
     }
 
+    #[test]
+    fn usage_summary() {
+        let target = |u: &str| CsiTarget {
+            pod_uid: u.into(),
+            volume: "pv".into(),
+            target_path: format!("/k/pods/{u}/volumes/kubernetes.io~csi/pv/mount").into(),
+            driver_name: "d".into(),
+        };
+        let targets = [target("u1"), target("u2"), target("u3")];
+        let n = [
+            ns(1, &[1], &[("/", "ext4"), ("/afs", "afs")]),
+            ns(
+                2,
+                &[9],
+                &[
+                    ("/k/pods/u1/volumes/kubernetes.io~csi/pv/mount", "tmpfs"),
+                    ("/k/pods/u2/volumes/kubernetes.io~csi/pv/mount", "tmpfs"),
+                ],
+            ),
+        ];
+        let fs = afs();
+        let u = |s: &ModuleState, namespaces: &[MountNamespace]| {
+            usage(Facts {
+                state: s,
+                namespaces,
+                fs_types: &fs,
+                csi_targets: &targets,
+            })
+        };
+        let busy = u(&loaded(3, &[]), &n);
+        assert_eq!((busy.csi_targets, busy.mounts), (2, 1), "u3 is not mounted");
+        assert!(busy.in_use());
+        assert_eq!(busy.to_string(), "2 CSI targets, 1 mount, refcount 3");
+        assert_eq!(
+            u(&loaded(0, &["yfs", "x"]), &n[..1]).to_string(),
+            "1 mount, held by yfs,x"
+        );
+        let idle = u(&loaded(0, &[]), &[]);
+        assert!(!idle.in_use());
+        assert_eq!(idle.to_string(), "no");
+        assert_eq!(u(&ModuleState::Absent, &[]).to_string(), "no (not loaded)");
+        assert_eq!(
+            u(&ModuleState::Absent, &n[1..]).to_string(),
+            "2 CSI targets, not loaded"
+        );
+        // Unlike decide(), usage still counts the targets of a built-in module.
+        let builtin = u(&ModuleState::BuiltIn, &n);
+        assert_eq!(builtin.csi_targets, 2);
+        assert_eq!(builtin.to_string(), "2 CSI targets, 1 mount, built in");
+    }
+
     proptest! {
+        /// The usage summary agrees with the guard: in use iff the unload is refused, and
+        /// its counts are the guard's CSI-target and mount blockers.
+        #[test]
+        fn usage_agrees_with_decide(
+            refcount in -1i64..3,
+            holders in proptest::collection::vec("[a-z]{1,5}", 0..2),
+            mounted in proptest::collection::vec(proptest::collection::vec((0u8..4, prop_oneof!["afs", "ext4"]), 0..5), 0..4),
+        ) {
+            let targets: Vec<CsiTarget> = (0..3u8).map(|t| CsiTarget {
+                pod_uid: format!("u{t}"), volume: "pv".into(),
+                target_path: PathBuf::from(format!("/k/pods/u{t}/volumes/kubernetes.io~csi/pv/mount")),
+                driver_name: "d".into(),
+            }).collect();
+            // Path index 3 is not a target.
+            let path = |i: u8| targets.get(usize::from(i)).map_or_else(|| PathBuf::from("/afs"), |t| t.target_path.clone());
+            let namespaces: Vec<MountNamespace> = mounted.iter().enumerate().map(|(i, ms)| MountNamespace {
+                id: i as u64, pids: vec![1],
+                mounts: ms.iter().map(|(p, t)| MountEntry { mount_point: path(*p), fs_type: t.to_string(), source: None }).collect(),
+            }).collect();
+            let s = ModuleState::Loaded(LoadedModule {
+                name: "kafs".into(), size: 1, refcount, holders,
+                initstate: "live".into(), srcversion: None, build_id: None,
+            });
+            let facts = Facts { state: &s, namespaces: &namespaces, fs_types: &afs(), csi_targets: &targets };
+            let u = usage(facts);
+            let d = decide(facts);
+            prop_assert_eq!(u.in_use(), !d.is_safe());
+            prop_assert_eq!(u.to_string() == "no", d.is_safe());
+            let blockers = match &d { Decision::Refused { blockers } => blockers.clone(), _ => Vec::new() };
+            let count = |f: fn(&Blocker) -> bool| blockers.iter().filter(|b| f(b)).count();
+            prop_assert_eq!(u.csi_targets, count(|b| matches!(b, Blocker::CsiTarget { .. })));
+            prop_assert_eq!(u.mounts, count(|b| matches!(b, Blocker::Mount { .. })));
+        }
+
         /// A CSI target blocks iff its path is a mount point in some namespace, and the
         /// blocker lists exactly those namespaces.
         #[test]

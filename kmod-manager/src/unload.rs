@@ -8,7 +8,7 @@ use nix::kmod::{DeleteModuleFlags, delete_module};
 use serde::Serialize;
 use tracing::{info, instrument, warn};
 
-use crate::guard::{Decision, Facts, decide};
+use crate::guard::{Decision, Facts, Usage, decide, usage};
 use crate::mounts::{CsiTarget, MountNamespace, ScanError, find_csi_targets, scan_namespaces};
 use crate::state::{ModuleState, StateError, SysPaths, dependency_closure};
 
@@ -68,6 +68,18 @@ pub struct Evaluation {
     pub elapsed_ms: f64,
 }
 
+impl Observation {
+    /// The facts the guard decides from.
+    pub fn facts<'a>(&'a self, cfg: &'a GuardConfig) -> Facts<'a> {
+        Facts {
+            state: &self.state,
+            namespaces: &self.namespaces,
+            fs_types: &cfg.fs_types,
+            csi_targets: &self.csi_targets,
+        }
+    }
+}
+
 /// Reads every fact the guard needs.
 pub fn observe(paths: &SysPaths, cfg: &GuardConfig) -> Result<Observation, UnloadError> {
     Ok(Observation {
@@ -78,24 +90,38 @@ pub fn observe(paths: &SysPaths, cfg: &GuardConfig) -> Result<Observation, Unloa
 }
 
 /// Observes and decides, timing both.
-#[instrument(skip_all, fields(module = %cfg.module))]
 pub fn evaluate(paths: &SysPaths, cfg: &GuardConfig) -> Result<Evaluation, UnloadError> {
+    evaluate_with_usage(paths, cfg).map(|(eval, _)| eval)
+}
+
+/// [`evaluate`], plus the [`Usage`] summary of the same observation.
+#[instrument(skip_all, fields(module = %cfg.module))]
+pub fn evaluate_with_usage(
+    paths: &SysPaths,
+    cfg: &GuardConfig,
+) -> Result<(Evaluation, Usage), UnloadError> {
     let started = Instant::now();
     let obs = observe(paths, cfg)?;
-    let decision = decide(Facts {
-        state: &obs.state,
-        namespaces: &obs.namespaces,
-        fs_types: &cfg.fs_types,
-        csi_targets: &obs.csi_targets,
-    });
+    let facts = obs.facts(cfg);
+    let decision = decide(facts);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    Ok(Evaluation {
-        module: cfg.module.clone(),
-        namespaces_scanned: obs.namespaces.len(),
-        mount_entries_scanned: obs.namespaces.iter().map(|n| n.mounts.len()).sum(),
-        decision,
-        elapsed_ms,
-    })
+    let usage = usage(facts);
+    Ok((
+        Evaluation {
+            module: cfg.module.clone(),
+            namespaces_scanned: obs.namespaces.len(),
+            mount_entries_scanned: obs.namespaces.iter().map(|n| n.mounts.len()).sum(),
+            decision,
+            elapsed_ms,
+        },
+        usage,
+    ))
+}
+
+/// Observes what uses the module, without deciding anything.
+pub fn observe_usage(paths: &SysPaths, cfg: &GuardConfig) -> Result<Usage, UnloadError> {
+    let obs = observe(paths, cfg)?;
+    Ok(usage(obs.facts(cfg)))
 }
 
 /// The outcome of an unload.
