@@ -334,7 +334,7 @@ pub struct RolloutSpec {
     /// Most nodes of the group out of service at once (a count, or a percent of the
     /// group rounded up), counting nodes NotReady or cordoned for other reasons.
     #[serde(default = "default_max_unavailable")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')").message("rollout.maxUnavailable must be a count >= 1 or a percent between 1% and 100%"))]
+    #[x_kube(validation = Rule::new("string(self).matches('^[1-9][0-9]{0,5}$') || string(self).matches('^([1-9][0-9]?|100)%$')").message("rollout.maxUnavailable must be a count >= 1 or a percent between 1% and 100%"))]
     #[schemars(schema_with = "int_or_string_schema")]
     pub max_unavailable: IntOrString,
     /// Most nodes upgrading at once.

@@ -27,7 +27,7 @@ pub const UPGRADE_REASON_ANNOTATION: &str = "afs.csi.auristor.com/upgrade-reason
 pub const CORDONED_BY_OPERATOR_ANNOTATION: &str = "afs.csi.auristor.com/cordoned-by-operator";
 /// On nodes: CSI volumes of the driver currently published, as counted by kmod-manager
 /// from the node's mounts.
-pub const PUBLISHED_VOLUMES_ANNOTATION: &str = "afs.csi.auristor.com/published-volumes";
+pub const PUBLISHED_VOLUMES_ANNOTATION: &str = kmod_manager::node::PUBLISHED_VOLUMES_ANNOTATION;
 
 /// NoSchedule taint held by the operator until the node's module is loaded and its CSI
 /// node plugin is registered and ready.
@@ -36,3 +36,6 @@ pub const READINESS_TAINT: &str = "afs.csi.auristor.com/not-ready";
 pub const KMOD_READINESS_TAINT: &str = kmod_manager::cli::DEFAULT_READINESS_TAINT;
 /// Label kmod-manager sets to "true" once the module is loaded and live.
 pub const KMOD_READY_LABEL: &str = kmod_manager::cli::DEFAULT_READY_LABEL;
+/// On nodes of a deleted SR: set once nothing on the node uses the driver's volumes; the
+/// SR's DaemonSets do not run where it is set, so the module pod goes node by node.
+pub const RELEASE_LABEL: &str = "afs.csi.auristor.com/released-by";

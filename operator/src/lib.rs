@@ -2,10 +2,19 @@
 //! (`SpecialResource`) and rolls new versions out node by node without ever unloading a
 //! module in use.
 //!
-//! Pure modules: [`crd`] (the API), [`rollout`] (the upgrade planner), [`objects`]
-//! (desired objects). The controller only observes, calls them and executes.
+//! Pure modules: [`crd`] (the API), [`objects`] (desired objects), [`rollout`] (the
+//! upgrade planner), [`observe`], [`nodes`], [`group`], [`diff`], [`status`]. The
+//! [`controller`] only observes, calls them and executes.
 
+pub mod controller;
 pub mod crd;
+pub mod diff;
+pub mod group;
 pub mod labels;
+pub mod metrics;
+pub mod nodes;
 pub mod objects;
+pub mod observe;
 pub mod rollout;
+pub mod status;
+pub mod http;

@@ -1,0 +1,810 @@
+//! The reconcile: observe a node group, build the desired objects (pure), apply only
+//! what differs (server-side apply, one field manager), plan the rollout (pure),
+//! execute it, write status. Deletion is node by node behind a finalizer.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, PersistentVolume, Pod, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, StorageClass};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::crd::{NodeCounts, NodeUsage, SpecialResource, SpecialResourceStatus};
+use crate::group::{self, NodeLabels};
+use crate::labels::{
+    COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, FIELD_MANAGER, FINALIZER,
+    MANAGED_BY_LABEL, RELEASE_LABEL, SR_LABEL, UPGRADE_REASON_ANNOTATION,
+    UPGRADE_SINCE_ANNOTATION, UPGRADE_STATE_LABEL,
+};
+use crate::metrics::Metrics;
+use crate::objects::{self, Desired, Inputs};
+use crate::observe::{self, NodeFacts};
+use crate::rollout::{self, GroupView, Plan, Policy, UPGRADE_TARGET_ANNOTATION, UpgradeState};
+use crate::status::{DEGRADED, PROGRESSING, READY, Verdict, merge_conditions};
+use crate::{diff, nodes};
+
+/// Requeue while something moves (rollout, deletion, waiting for pods).
+const BUSY_REQUEUE: Duration = Duration::from_secs(5);
+/// Requeue in steady state: watches bring changes sooner.
+const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Build(#[from] objects::BuildError),
+    #[error("{0}")]
+    Policy(#[from] rollout::PolicyError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("object {0} has no name")]
+    Unnamed(&'static str),
+}
+
+/// Shared by every reconcile.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Every SpecialResource, for overlaps and shared driver pieces.
+    pub srs: Store<SpecialResource>,
+}
+
+impl Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, srs: Store<SpecialResource>) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Self {
+            client,
+            recorder,
+            metrics,
+            srs,
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    let controller = Controller::new(
+        Api::<SpecialResource>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let ctx = Arc::new(Context::new(client.clone(), metrics, store.clone()));
+    controller
+        .owns(Api::<DaemonSet>::all(client.clone()), managed.clone())
+        .owns(Api::<Deployment>::all(client.clone()), managed)
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |node| {
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|sr| group::selects(&sr.spec.node_selector, node.labels()))
+                    .map(|sr| ObjectRef::from_obj(sr.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(sr: Arc<SpecialResource>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(sr = %sr.name_any(), %error, "reconcile error; retrying");
+    ctx.metrics.reconcile_error();
+    Action::requeue(BUSY_REQUEUE)
+}
+
+#[instrument(skip_all, fields(sr = %sr.name_any()))]
+pub async fn reconcile(sr: Arc<SpecialResource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let api = Api::<SpecialResource>::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, sr, |event| async {
+        match event {
+            Finalizer::Apply(sr) => apply(&sr, &ctx).await,
+            Finalizer::Cleanup(sr) => cleanup(&sr, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// What one reconcile observed about the group.
+struct Observed {
+    nodes: Vec<Node>,
+    /// Our DaemonSet pods (kmod and CSI node) by node.
+    own_pods: Vec<Pod>,
+    /// Pods using volumes of the driver.
+    afs_pods: Vec<Pod>,
+    csi_nodes: Vec<CSINode>,
+}
+
+async fn observe(sr: &SpecialResource, client: &Client) -> Result<Observed, Error> {
+    let selector = sr
+        .spec
+        .node_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let own_pods = Api::<Pod>::namespaced(client.clone(), &sr.spec.namespace)
+        .list(&ListParams::default().labels(&format!("{SR_LABEL}={}", sr.name_any())))
+        .await
+        .or_else(not_found_is_empty)?
+        .items;
+    let driver = &sr.spec.csi.driver_name;
+    let volumes = Api::<PersistentVolume>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let claims = observe::driver_claims(driver, &volumes);
+    let names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    let afs_pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| names.contains(n))
+        })
+        .filter(|p| observe::uses_driver(p, driver, &claims))
+        .collect();
+    let csi_nodes = Api::<CSINode>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok(Observed {
+        nodes,
+        own_pods,
+        afs_pods,
+        csi_nodes,
+    })
+}
+
+fn not_found_is_empty<K: Clone>(e: kube::Error) -> Result<kube::core::ObjectList<K>, kube::Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(kube::core::ObjectList {
+            types: Default::default(),
+            metadata: Default::default(),
+            items: Vec::new(),
+        }),
+        e => Err(e),
+    }
+}
+
+fn component(pod: &Pod) -> Option<&str> {
+    pod.labels().get(COMPONENT_LABEL).map(String::as_str)
+}
+
+fn pod_node(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
+    let name = sr.name_any();
+    let all = ctx.srs.state();
+    let live = group::live_by_age(&all);
+    let observed = observe(sr, &ctx.client).await?;
+    let node_labels: Vec<NodeLabels<'_>> = observed
+        .nodes
+        .iter()
+        .map(|n| NodeLabels {
+            name: n.metadata.name.as_deref().unwrap_or_default(),
+            labels: n.labels(),
+        })
+        .collect();
+    let overlaps = group::overlaps(sr, &live, &node_labels);
+    let shared: BTreeSet<&str> = overlaps
+        .iter()
+        .flat_map(|o| o.nodes.iter().map(String::as_str))
+        .collect();
+    let overlap_message = overlaps
+        .iter()
+        .map(|o| format!("shares nodes {} with SpecialResource {}", o.nodes.join(", "), o.other))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if overlaps.iter().any(|o| o.other_is_older) {
+        // Refused: an older SR already serves these nodes; we touch nothing.
+        let status = SpecialResourceStatus {
+            state: Some("Conflict".into()),
+            group: Some(group_string(sr)),
+            ..Default::default()
+        };
+        let verdicts = [
+            Verdict::new(READY, false, "NodeGroupOverlap", overlap_message.clone()),
+            Verdict::new(PROGRESSING, false, "NodeGroupOverlap", "refused: nothing is deployed"),
+            Verdict::new(DEGRADED, true, "NodeGroupOverlap", overlap_message),
+        ];
+        write_status(sr, ctx, status, &verdicts).await?;
+        return Ok(Action::requeue(IDLE_REQUEUE));
+    }
+
+    let mut kernels: Vec<String> = observed
+        .nodes
+        .iter()
+        .filter_map(|n| observe::node_kernel(n).map(str::to_owned))
+        .collect();
+    kernels.sort();
+    kernels.dedup();
+    let revision = objects::revision(&sr.spec);
+    let peers = group::driver_peers(sr, &live);
+    let runs_controller = peers.first().is_some_and(|p| p.name_any() == name);
+    let desired = objects::build(&Inputs {
+        sr,
+        revision: &revision,
+        kernels: &kernels,
+        runs_controller,
+        csi_driver_owners: &peers,
+    })?;
+    apply_desired(sr, ctx, &desired).await?;
+    for unmapped in &desired.unmapped {
+        let known = sr
+            .status
+            .as_ref()
+            .is_some_and(|s| s.kernels.iter().any(|k| k.kernel == unmapped.kernel && k.image.is_none()));
+        if !known {
+            warn_event(ctx, sr, "KernelWithoutMapping", &unmapped.message).await;
+        }
+    }
+
+    // Nodes: kernel label and readiness taint; shared nodes are left alone.
+    let own = observe::by_node(&observed.own_pods);
+    let users = observe::by_node(&observed.afs_pods);
+    let non_interrupt = sr.spec.rollout.pod_non_interrupt_labels.as_ref();
+    let driver = sr.spec.csi.driver_name.as_str();
+    let mut views = Vec::new();
+    let mut serving_nodes = 0;
+    for node in observed.nodes.iter().filter(|n| !shared.contains(n.name_any().as_str())) {
+        let node_name = node.name_any();
+        let mine = own.get(node_name.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let current = |c: &str| {
+            mine.iter()
+                .copied()
+                .filter(|p| component(p) == Some(c))
+                // The old pod while it terminates: the swap is done only once it is gone.
+                .max_by_key(|p| p.metadata.deletion_timestamp.is_some())
+        };
+        let facts = NodeFacts {
+            node,
+            kmod_pod: current(objects::KMOD_COMPONENT),
+            csi_pod: current(objects::CSI_NODE_COMPONENT),
+            afs_pods: users
+                .get(node_name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| (*p, non_interrupt.is_some_and(|s| rollout::matches_selector(s, p.labels()))))
+                .collect(),
+            csi_node: observed.csi_nodes.iter().find(|c| c.name_any() == node_name),
+            driver,
+        };
+        let view = observe::node_view(&facts);
+        let serving = view.module_ready
+            && view.driver_registered
+            && [&view.kmod_pod, &view.csi_pod]
+                .iter()
+                .all(|p| p.as_ref().is_some_and(|p| p.ready && p.revision.as_deref() == Some(&revision)));
+        let kernel_label = observe::node_kernel(node).map(objects::kernel_label_value);
+        serving_nodes += u32::from(serving);
+        if let Some(patch) = nodes::node_patch(node, kernel_label.as_deref(), !serving) {
+            patch_node(ctx, &node_name, &patch).await?;
+        }
+        views.push(view);
+    }
+
+    let policy = Policy::from_spec(&sr.spec.rollout, views.len())?;
+    let now = Timestamp::now();
+    let view = GroupView {
+        desired_revision: &revision,
+        nodes: views,
+        now: now.as_second(),
+    };
+    let plan = rollout::plan(&view, &policy);
+    execute(sr, ctx, &plan, now).await?;
+
+    let counts = node_counts(&plan, serving_nodes, desired.unmapped.len());
+    let failed: Vec<&str> = view
+        .nodes
+        .iter()
+        .filter(|n| n.state == Some(UpgradeState::UpgradeFailed))
+        .map(|n| n.name.as_str())
+        .collect();
+    let in_use: Vec<NodeUsage> = view
+        .nodes
+        .iter()
+        .filter(|n| n.state.is_some_and(UpgradeState::is_in_progress) && !n.afs_pods.is_empty())
+        .map(|n| NodeUsage {
+            node: n.name.clone(),
+            pods: n.afs_pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+        })
+        .collect();
+    let (verdicts, state) = verdicts(sr, &counts, &plan, &failed, &overlap_message, &desired);
+    let status = SpecialResourceStatus {
+        group: Some(group_string(sr)),
+        ready_nodes: Some(format!("{}/{}", counts.ready, counts.total)),
+        state: Some(state.into()),
+        revision: Some(revision.clone()),
+        kernels: objects::kernel_statuses(&desired, &observed.nodes),
+        nodes: counts.clone(),
+        in_use,
+        ..Default::default()
+    };
+    write_status(sr, ctx, status, &verdicts).await?;
+    let settled = counts.ready == counts.total && plan.actions.is_empty();
+    Ok(Action::requeue(if settled { IDLE_REQUEUE } else { BUSY_REQUEUE }))
+}
+
+fn group_string(sr: &SpecialResource) -> String {
+    sr.spec
+        .node_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn node_counts(plan: &Plan, serving: u32, unmapped: usize) -> NodeCounts {
+    let s = &plan.summary;
+    NodeCounts {
+        total: s.total,
+        ready: serving,
+        upgrade_required: s.states.get(UpgradeState::UpgradeRequired),
+        upgrading: s.in_progress,
+        failed: s.states.get(UpgradeState::UpgradeFailed),
+        unavailable: s.unavailable,
+        unmapped: u32::try_from(unmapped).unwrap_or(u32::MAX),
+    }
+}
+
+fn describe(summary: &rollout::Summary) -> String {
+    let mut text = format!(
+        "{} upgrading, {} waiting (maxUnavailable {}, maxParallel {})",
+        summary.in_progress, summary.waiting, summary.max_unavailable, summary.max_parallel
+    );
+    if let Some(blocked) = summary.blocked {
+        text.push_str(&format!(": {blocked}"));
+    }
+    text
+}
+
+/// Conditions and the printer-column state, from what this reconcile found (pure).
+fn verdicts(
+    sr: &SpecialResource,
+    counts: &NodeCounts,
+    plan: &Plan,
+    failed: &[&str],
+    overlap: &str,
+    desired: &Desired,
+) -> ([Verdict; 3], &'static str) {
+    let ready = counts.total > 0 && counts.ready == counts.total;
+    let mut problems: Vec<String> = desired.unmapped.iter().map(|u| u.message.clone()).collect();
+    if counts.failed > 0 {
+        problems.push(format!("{} node(s) failed their upgrade: {}", counts.failed, failed.join(", ")));
+    }
+    if !overlap.is_empty() {
+        problems.push(overlap.to_owned());
+    }
+    let progressing = counts.upgrading + counts.upgrade_required > 0 || counts.ready < counts.total;
+    let state = if !problems.is_empty() {
+        "Degraded"
+    } else if sr.spec.rollout.paused && progressing {
+        "Paused"
+    } else if ready {
+        "Ready"
+    } else {
+        "Progressing"
+    };
+    let nodes = format!("{}/{} nodes ready", counts.ready, counts.total);
+    (
+        [
+            if ready {
+                Verdict::new(READY, true, "AllNodesReady", nodes.clone())
+            } else if counts.total == 0 {
+                Verdict::new(READY, false, "NoNodes", "no node matches nodeSelector")
+            } else {
+                Verdict::new(READY, false, "NodesNotReady", nodes.clone())
+            },
+            if progressing {
+                Verdict::new(PROGRESSING, true, "RollingOut", describe(&plan.summary))
+            } else {
+                Verdict::new(PROGRESSING, false, "UpToDate", nodes)
+            },
+            if problems.is_empty() {
+                Verdict::new(DEGRADED, false, "AsExpected", "")
+            } else {
+                Verdict::new(DEGRADED, true, degraded_reason(desired, counts, overlap), problems.join("; "))
+            },
+        ],
+        state,
+    )
+}
+
+fn degraded_reason(desired: &Desired, counts: &NodeCounts, overlap: &str) -> &'static str {
+    if !desired.unmapped.is_empty() {
+        "KernelWithoutMapping"
+    } else if counts.failed > 0 {
+        "UpgradeFailed"
+    } else if !overlap.is_empty() {
+        "NodeGroupOverlap"
+    } else {
+        "AsExpected"
+    }
+}
+
+async fn write_status(
+    sr: &SpecialResource,
+    ctx: &Context,
+    mut status: SpecialResourceStatus,
+    verdicts: &[Verdict],
+) -> Result<(), Error> {
+    let current = sr.status.clone().unwrap_or_default();
+    status.observed_generation = sr.metadata.generation;
+    status.conditions = merge_conditions(
+        &current.conditions,
+        verdicts,
+        sr.metadata.generation,
+        Timestamp::now(),
+    );
+    if status == current {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": SpecialResource::api_version(&()),
+        "kind": SpecialResource::kind(&()),
+        "status": status,
+    });
+    ctx.metrics.write();
+    Api::<SpecialResource>::all(ctx.client.clone())
+        .patch_status(
+            &sr.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn warn_event(ctx: &Context, sr: &SpecialResource, reason: &str, note: &str) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.metrics.write();
+    if let Err(e) = ctx.recorder.publish(&event, &sr.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+async fn patch_node(ctx: &Context, node: &str, patch: &serde_json::Value) -> Result<(), Error> {
+    ctx.metrics.write();
+    Api::<Node>::all(ctx.client.clone())
+        .patch(node, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// Server-side apply of `desired` unless the live object already carries all of it.
+async fn ensure<K>(ctx: &Context, api: &Api<K>, desired: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = desired.meta().name.clone().ok_or(Error::Unnamed(std::any::type_name::<K>()))?;
+    if let Some(live) = api.get_opt(&name).await? {
+        let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
+        let have = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
+        if diff::is_subset(&want, &have) {
+            return Ok(());
+        }
+    }
+    ctx.metrics.write();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired))
+        .await?;
+    Ok(())
+}
+
+/// Deletes our objects of a kind (by SR label) that are no longer desired.
+async fn prune<K>(ctx: &Context, api: &Api<K>, sr: &str, keep: &[&K]) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let keep: BTreeSet<String> = keep.iter().map(|k| k.name_any()).collect();
+    let listed = api
+        .list_metadata(&ListParams::default().labels(&format!("{SR_LABEL}={sr}")))
+        .await
+        .or_else(not_found_is_empty)?;
+    for stale in listed.items.iter().filter(|o| !keep.contains(&o.name_any())) {
+        ctx.metrics.write();
+        info!(kind = %std::any::type_name::<K>(), name = %stale.name_any(), "deleting object no longer desired");
+        api.delete(&stale.name_any(), &DeleteParams::background()).await?;
+    }
+    Ok(())
+}
+
+async fn apply_desired(sr: &SpecialResource, ctx: &Context, d: &Desired) -> Result<(), Error> {
+    let c = &ctx.client;
+    let ns = sr.spec.namespace.as_str();
+    let name = sr.name_any();
+    ensure(ctx, &Api::<Namespace>::all(c.clone()), &d.namespace).await?;
+    let sa = Api::<ServiceAccount>::namespaced(c.clone(), ns);
+    for o in &d.service_accounts {
+        ensure(ctx, &sa, o).await?;
+    }
+    let cm = Api::<ConfigMap>::namespaced(c.clone(), ns);
+    for o in &d.config_maps {
+        ensure(ctx, &cm, o).await?;
+    }
+    let roles = Api::<ClusterRole>::all(c.clone());
+    for o in &d.cluster_roles {
+        ensure(ctx, &roles, o).await?;
+    }
+    prune(ctx, &roles, &name, &d.cluster_roles.iter().collect::<Vec<_>>()).await?;
+    let bindings = Api::<ClusterRoleBinding>::all(c.clone());
+    for o in &d.cluster_role_bindings {
+        ensure(ctx, &bindings, o).await?;
+    }
+    prune(ctx, &bindings, &name, &d.cluster_role_bindings.iter().collect::<Vec<_>>()).await?;
+    let roles = Api::<Role>::namespaced(c.clone(), ns);
+    for o in &d.roles {
+        ensure(ctx, &roles, o).await?;
+    }
+    prune(ctx, &roles, &name, &d.roles.iter().collect::<Vec<_>>()).await?;
+    let bindings = Api::<RoleBinding>::namespaced(c.clone(), ns);
+    for o in &d.role_bindings {
+        ensure(ctx, &bindings, o).await?;
+    }
+    prune(ctx, &bindings, &name, &d.role_bindings.iter().collect::<Vec<_>>()).await?;
+    ensure(ctx, &Api::<CSIDriver>::all(c.clone()), &d.csi_driver).await?;
+    let daemon_sets = Api::<DaemonSet>::namespaced(c.clone(), ns);
+    for o in d.kmod_daemon_sets.iter().chain([&d.csi_node_daemon_set]) {
+        ensure(ctx, &daemon_sets, o).await?;
+    }
+    let keep: Vec<&DaemonSet> = d.kmod_daemon_sets.iter().chain([&d.csi_node_daemon_set]).collect();
+    prune(ctx, &daemon_sets, &name, &keep).await?;
+    let deployments = Api::<Deployment>::namespaced(c.clone(), ns);
+    if let Some(o) = &d.csi_controller {
+        ensure(ctx, &deployments, o).await?;
+    }
+    prune(ctx, &deployments, &name, &d.csi_controller.iter().collect::<Vec<_>>()).await?;
+    let classes = Api::<StorageClass>::all(c.clone());
+    if let Some(o) = &d.storage_class {
+        ensure(ctx, &classes, o).await?;
+    }
+    prune(ctx, &classes, &name, &d.storage_class.iter().collect::<Vec<_>>()).await?;
+    Ok(())
+}
+
+/// Executes a plan in order; the planner made every prefix safe, so an error stops here
+/// and the next reconcile starts from what was recorded.
+async fn execute(
+    sr: &SpecialResource,
+    ctx: &Context,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &sr.spec.namespace);
+    for action in &plan.actions {
+        info!(?action, "rollout");
+        match action {
+            rollout::Action::SetState {
+                node,
+                state,
+                reason,
+                revision,
+            } => {
+                let patch = json!({"metadata": {
+                    "labels": {UPGRADE_STATE_LABEL: state.as_label()},
+                    "annotations": {
+                        UPGRADE_SINCE_ANNOTATION: now.to_string(),
+                        UPGRADE_REASON_ANNOTATION: reason,
+                        UPGRADE_TARGET_ANNOTATION: revision,
+                    },
+                }});
+                patch_node(ctx, node, &patch).await?;
+            }
+            rollout::Action::Cordon { node } => {
+                let patch = json!({
+                    "metadata": {"annotations": {CORDONED_BY_OPERATOR_ANNOTATION: "true"}},
+                    "spec": {"unschedulable": true},
+                });
+                patch_node(ctx, node, &patch).await?;
+            }
+            rollout::Action::Uncordon { node } => {
+                let patch = json!({
+                    "metadata": {"annotations": {CORDONED_BY_OPERATOR_ANNOTATION: null}},
+                    "spec": {"unschedulable": null},
+                });
+                patch_node(ctx, node, &patch).await?;
+            }
+            rollout::Action::Evict { namespace, pod, .. } => {
+                let params = EvictParams {
+                    delete_options: sr.spec.rollout.eviction.grace_period_seconds.map(|g| {
+                        DeleteParams {
+                            grace_period_seconds: Some(g),
+                            ..Default::default()
+                        }
+                    }),
+                    ..Default::default()
+                };
+                ctx.metrics.write();
+                match Api::<Pod>::namespaced(ctx.client.clone(), namespace).evict(pod, &params).await {
+                    Ok(_) => {}
+                    // A PodDisruptionBudget says not now: the phase timeout decides.
+                    Err(kube::Error::Api(e)) if e.code == 429 || e.code == 404 => {
+                        info!(%namespace, %pod, code = e.code, message = %e.message, "eviction not done");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            rollout::Action::DeletePod { pod, .. } => {
+                ctx.metrics.write();
+                match pods.delete(pod, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletion: release nodes one by one as soon as nothing on them uses AFS volumes of
+/// the driver; report the rest; remove our objects once no module pod is left.
+async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
+    let name = sr.name_any();
+    let observed = observe(sr, &ctx.client).await?;
+    let users = observe::by_node(&observed.afs_pods);
+    let all = ctx.srs.state();
+    let live = group::live_by_age(&all);
+    let mut in_use = Vec::new();
+    for node in &observed.nodes {
+        let node_name = node.name_any();
+        // A node that another (live) SR also selects is not ours to release.
+        if live.iter().any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels())) {
+            continue;
+        }
+        let pods: Vec<String> = users
+            .get(node_name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        let published = observe::node_view(&NodeFacts {
+            node,
+            kmod_pod: None,
+            csi_pod: None,
+            afs_pods: Vec::new(),
+            csi_node: None,
+            driver: &sr.spec.csi.driver_name,
+        })
+        .published_volumes
+        .unwrap_or(0);
+        if !pods.is_empty() || published > 0 {
+            in_use.push(NodeUsage { node: node_name, pods });
+            continue;
+        }
+        if node.labels().get(RELEASE_LABEL) != Some(&name) {
+            patch_node(ctx, &node_name, &json!({"metadata": {"labels": {RELEASE_LABEL: name}}})).await?;
+        }
+    }
+    let module_pods: Vec<&Pod> = observed
+        .own_pods
+        .iter()
+        .filter(|p| component(p) == Some(objects::KMOD_COMPONENT))
+        .collect();
+    if !module_pods.is_empty() {
+        let waiting: Vec<&str> = module_pods.iter().filter_map(|p| pod_node(p)).collect();
+        let message = if in_use.is_empty() {
+            format!("unloading the module on {}", waiting.join(", "))
+        } else {
+            in_use
+                .iter()
+                .map(|u| format!("{}: {}", u.node, if u.pods.is_empty() { "volumes still published".to_owned() } else { u.pods.join(", ") }))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let status = SpecialResourceStatus {
+            state: Some("Deleting".into()),
+            group: Some(group_string(sr)),
+            in_use,
+            ..sr.status.clone().unwrap_or_default()
+        };
+        let verdicts = [
+            Verdict::new(READY, false, "Deleting", message.clone()),
+            Verdict::new(PROGRESSING, true, "Deleting", format!("{} module pod(s) left", module_pods.len())),
+            Verdict::new(DEGRADED, false, "Deleting", message),
+        ];
+        write_status(sr, ctx, status, &verdicts).await?;
+        return Ok(Action::requeue(BUSY_REQUEUE));
+    }
+    delete_objects(sr, ctx, &live).await?;
+    for node in &observed.nodes {
+        if live.iter().any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels())) {
+            continue;
+        }
+        if let Some(patch) = nodes::release_patch(node) {
+            patch_node(ctx, &node.name_any(), &patch).await?;
+        }
+    }
+    info!("every module unloaded and every object removed");
+    Ok(Action::await_change())
+}
+
+async fn delete_objects(sr: &SpecialResource, ctx: &Context, live: &[&SpecialResource]) -> Result<(), Error> {
+    let c = &ctx.client;
+    let ns = sr.spec.namespace.as_str();
+    let name = sr.name_any();
+    prune::<DaemonSet>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    prune::<Deployment>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    prune::<StorageClass>(ctx, &Api::all(c.clone()), &name, &[]).await?;
+    prune::<ClusterRoleBinding>(ctx, &Api::all(c.clone()), &name, &[]).await?;
+    prune::<ClusterRole>(ctx, &Api::all(c.clone()), &name, &[]).await?;
+    prune::<RoleBinding>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    prune::<Role>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    prune::<ConfigMap>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    prune::<ServiceAccount>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    // The CSIDriver is shared: it goes with the last SR of its driver name.
+    let driver = &sr.spec.csi.driver_name;
+    if !live.iter().any(|o| o.name_any() != name && &o.spec.csi.driver_name == driver) {
+        let api = Api::<CSIDriver>::all(c.clone());
+        if api.get_opt(driver).await?.is_some_and(|d| d.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER)) {
+            ctx.metrics.write();
+            api.delete(driver, &DeleteParams::background()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,0 @@
-//! Desired Kubernetes objects of a SpecialResource (pure; no client).

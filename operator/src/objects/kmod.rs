@@ -1,0 +1,307 @@
+//! kmod-manager's config and the driver-container DaemonSets, one per kernel.
+//!
+//! The driver-container image depends on the kernel, so each distinct kernel of the
+//! group gets its own DaemonSet, selecting the group's nodes that carry
+//! [`KERNEL_LABEL`] with that kernel. A kernel no mapping serves gets none, and is
+//! reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{
+    AppArmorProfile, Capabilities, ConfigMap, Container, LocalObjectReference, PodSpec,
+    SELinuxOptions, SecurityContext, Volume, VolumeMount,
+};
+use kmod_manager::config::{KmodConfig, ModuleSettings};
+use kmod_manager::kernel::KernelRelease;
+use kmod_manager::mapping::MappingSet;
+
+use super::pod::{
+    HOST_TO_CONTAINER, KUBELET_DIR, NODE_CRITICAL, config_map_volume, empty_dir_volume, env,
+    env_from_field, hardened, host_path_volume, http_probe, mount, named_port,
+    on_delete_daemon_set, read_only_mount, readiness_tolerations, secret_volume,
+};
+use super::{
+    BuildError, KMOD_COMPONENT, Ctx, KERNEL_HEX, UnmappedKernel, kernel_label_value, short_hash,
+};
+use crate::crd::{KmodSpec, MapVolume};
+use crate::labels::{KERNEL_LABEL, REVISION_LABEL};
+
+/// Key of the config file in the ConfigMap.
+pub const KMOD_CONFIG_KEY: &str = "config.yaml";
+/// Where the ConfigMap is mounted.
+const CONFIG_DIR: &str = "/etc/kmod-manager";
+/// kmod-manager's ready file lives here (an emptyDir: the root filesystem is read-only).
+const RUN_DIR: &str = "/run/kmod-manager";
+/// kmod-manager's default `--listen` port (/healthz, /readyz, /metrics).
+const HTTP_PORT: i32 = 9808;
+const HTTP_PORT_NAME: &str = "http";
+/// kmod-manager's shutdown unloads the module only when its guard allows, polling
+/// for a while; give it that time before SIGKILL.
+const TERMINATION_GRACE_SECONDS: i64 = 120;
+/// Module loading and the unload guard need root (with the capabilities below only).
+const ROOT: i64 = 0;
+/// `finit_module` / `delete_module`. The runtime's default seccomp profile allows these
+/// syscalls exactly when the container has this capability.
+const CAP_SYS_MODULE: &str = "SYS_MODULE";
+/// The unload guard reads `/proc/<pid>/ns/mnt` and `/proc/<pid>/exe` of every process
+/// to group them by mount namespace; the kernel checks ptrace read access for these,
+/// which fails for processes of other users or with more capabilities (kubelet,
+/// privileged pods) without this capability. `mountinfo` itself is world-readable and
+/// kubelet's pod directories are root-owned, so no DAC override capability is needed.
+const CAP_SYS_PTRACE: &str = "SYS_PTRACE";
+
+const CONFIG_VOLUME: &str = "kmod-config";
+const RUN_VOLUME: &str = "kmod-run";
+const KUBELET_VOLUME: &str = "kubelet-dir";
+
+/// `<sr>-kmod-config-<revision>`: one ConfigMap per revision, so that a driver
+/// container of the previous revision that restarts during a rollout still reads the
+/// config it was built for (its image must match what that config selects). The
+/// controller deletes a revision's ConfigMap once no pod of that revision is left.
+pub fn kmod_config_map_name(sr: &str, revision: &str) -> String {
+    format!("{sr}-kmod-config-{revision}")
+}
+
+/// `<sr>-kmod-<hash of the kernel release>`: valid and stable for any release.
+pub fn kmod_daemon_set_name(sr: &str, kernel: &str) -> String {
+    format!("{sr}-kmod-{}", short_hash(kernel.as_bytes(), KERNEL_HEX))
+}
+
+/// kmod-manager's config for a module spec.
+pub fn kmod_config(kmod: &KmodSpec) -> KmodConfig {
+    KmodConfig {
+        module_version: Some(kmod.version.clone()),
+        module: Some(ModuleSettings {
+            name: Some(kmod.module.clone()),
+            parameters: kmod.parameters.clone(),
+            load_order: None,
+            filesystem_types: Some(kmod.in_use_filesystems.clone()),
+            module_dir: None,
+        }),
+        kernel_mappings: kmod.kernel_mappings.clone(),
+    }
+}
+
+pub(super) fn config_map(ctx: &Ctx<'_>) -> Result<ConfigMap, BuildError> {
+    let yaml = serde_norway::to_string(&kmod_config(&ctx.spec.kmod)).map_err(BuildError::Config)?;
+    let mut meta = ctx.namespaced_meta(
+        kmod_config_map_name(ctx.name, ctx.revision),
+        KMOD_COMPONENT,
+    );
+    meta.labels
+        .get_or_insert_default()
+        .insert(REVISION_LABEL.to_owned(), ctx.revision.to_owned());
+    Ok(ConfigMap {
+        metadata: meta,
+        data: Some(BTreeMap::from([(KMOD_CONFIG_KEY.to_owned(), yaml)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// One DaemonSet per distinct kernel a mapping serves (sorted by kernel), and the
+/// kernels none serves.
+pub(super) fn daemon_sets(
+    ctx: &Ctx<'_>,
+    kernels: &[String],
+) -> Result<(Vec<DaemonSet>, Vec<UnmappedKernel>), BuildError> {
+    let kmod = &ctx.spec.kmod;
+    let set = MappingSet::compile(&kmod.kernel_mappings).map_err(BuildError::KernelMappings)?;
+    let volumes = Volumes::new(ctx)?;
+    let mut daemon_sets = Vec::new();
+    let mut unmapped = Vec::new();
+    for kernel in kernels.iter().collect::<BTreeSet<_>>() {
+        let selected = KernelRelease::parse(kernel)
+            .map_err(|e| format!("kmod.kernelMappings cannot serve kernel {kernel:?}: {e}"))
+            .and_then(|release| {
+                set.select(&release, Some(&kmod.version))
+                    .map_err(|e| format!("kmod.{e}"))
+            });
+        match selected {
+            Ok(selection) => {
+                daemon_sets.push(daemon_set(ctx, &volumes, kernel, &selection.image));
+            }
+            Err(message) => unmapped.push(UnmappedKernel {
+                kernel: kernel.clone(),
+                message,
+            }),
+        }
+    }
+    Ok((daemon_sets, unmapped))
+}
+
+fn daemon_set(ctx: &Ctx<'_>, volumes: &Volumes, kernel: &str, image: &str) -> DaemonSet {
+    let kmod = &ctx.spec.kmod;
+    let kernel_label = BTreeMap::from([(KERNEL_LABEL.to_owned(), kernel_label_value(kernel))]);
+    let mut node_selector = ctx.spec.node_selector.clone();
+    node_selector.extend(kernel_label.clone());
+    let image_pull_secrets = kmod
+        .image_pull_secrets
+        .iter()
+        .map(|name| LocalObjectReference { name: name.clone() })
+        .collect::<Vec<_>>();
+    let spec = PodSpec {
+        service_account_name: Some(ctx.object_name(KMOD_COMPONENT)),
+        // The unload guard must see every process's mount namespace: a pod using an
+        // AFS volume keeps the module in use, and only the host PID namespace shows
+        // all of them.
+        host_pid: Some(true),
+        priority_class_name: Some(NODE_CRITICAL.to_owned()),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        node_selector: Some(node_selector),
+        tolerations: Some(readiness_tolerations()),
+        image_pull_secrets: (!image_pull_secrets.is_empty()).then_some(image_pull_secrets),
+        containers: vec![container(ctx, volumes, image)],
+        volumes: Some(volumes.volumes.clone()),
+        ..PodSpec::default()
+    };
+    on_delete_daemon_set(
+        ctx,
+        kmod_daemon_set_name(ctx.name, kernel),
+        KMOD_COMPONENT,
+        &kernel_label,
+        spec,
+    )
+}
+
+fn container(ctx: &Ctx<'_>, volumes: &Volumes, image: &str) -> Container {
+    let kmod = &ctx.spec.kmod;
+    let config_file = format!("{CONFIG_DIR}/{KMOD_CONFIG_KEY}");
+    let ready_file = format!("{RUN_DIR}/ready");
+    Container {
+        name: "kmod-manager".to_owned(),
+        image: Some(image.to_owned()),
+        image_pull_policy: Some(kmod.image_pull_policy.as_str().to_owned()),
+        command: Some(vec!["kmod-manager".to_owned(), "run".to_owned()]),
+        env: Some(vec![
+            env("KMOD_CONFIG", &config_file),
+            env("KMOD_MODULE_VERSION", &kmod.version),
+            env("KMOD_IMAGE", image),
+            env("KMOD_READY_FILE", &ready_file),
+            env("KMOD_REPORT_NODE", "true"),
+            env_from_field("NODE_NAME", "spec.nodeName"),
+            env("KMOD_FS_TYPES", &kmod.in_use_filesystems.join(",")),
+            env("KMOD_CSI_DRIVER_NAME", &ctx.spec.csi.driver_name),
+            env("KMOD_KUBELET_DIR", KUBELET_DIR),
+        ]),
+        ports: Some(vec![named_port(HTTP_PORT_NAME, HTTP_PORT)]),
+        readiness_probe: Some(http_probe("/readyz", HTTP_PORT_NAME)),
+        liveness_probe: Some(http_probe("/healthz", HTTP_PORT_NAME)),
+        security_context: Some(security_context()),
+        volume_mounts: Some(volumes.mounts.clone()),
+        ..Container::default()
+    }
+}
+
+/// Not privileged: root with exactly [`CAP_SYS_MODULE`] and [`CAP_SYS_PTRACE`].
+fn security_context() -> SecurityContext {
+    let base = hardened();
+    SecurityContext {
+        run_as_user: Some(ROOT),
+        capabilities: Some(Capabilities {
+            add: Some(vec![CAP_SYS_MODULE.to_owned(), CAP_SYS_PTRACE.to_owned()]),
+            ..base.capabilities.clone().unwrap_or_default()
+        }),
+        // The runtime's AppArmor profile allows ptrace reads only of processes under
+        // the same profile, so the guard could not read the namespaces of kubelet or
+        // privileged pods; it then refuses every unload.
+        app_armor_profile: Some(AppArmorProfile {
+            type_: "Unconfined".to_owned(),
+            localhost_profile: None,
+        }),
+        // Under SELinux, `container_t` may neither load modules nor read other
+        // containers' /proc entries; `spc_t` is the type for such node agents. It is
+        // ignored on nodes without SELinux.
+        se_linux_options: Some(SELinuxOptions {
+            type_: Some("spc_t".to_owned()),
+            ..SELinuxOptions::default()
+        }),
+        ..base
+    }
+}
+
+/// The driver container's volumes and mounts: its own, then `kmod.mapVolumes`.
+#[derive(Debug)]
+struct Volumes {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+}
+
+impl Volumes {
+    fn new(ctx: &Ctx<'_>) -> Result<Self, BuildError> {
+        let mut volumes = vec![
+            config_map_volume(
+                CONFIG_VOLUME,
+                &kmod_config_map_name(ctx.name, ctx.revision),
+            ),
+            empty_dir_volume(RUN_VOLUME),
+            host_path_volume(KUBELET_VOLUME, KUBELET_DIR, "Directory"),
+        ];
+        let mut mounts = vec![
+            read_only_mount(CONFIG_VOLUME, CONFIG_DIR),
+            mount(RUN_VOLUME, RUN_DIR),
+            // The guard reads which CSI targets kubelet published.
+            VolumeMount {
+                mount_propagation: Some(HOST_TO_CONTAINER.to_owned()),
+                ..read_only_mount(KUBELET_VOLUME, KUBELET_DIR)
+            },
+        ];
+        let own = mounts.len();
+        for (index, map) in ctx.spec.kmod.map_volumes.iter().enumerate() {
+            check_map_volume(index, map, &mounts[..own])?;
+            let (volume, read_only) = map_volume(map);
+            volumes.push(volume);
+            mounts.push(VolumeMount {
+                read_only: read_only.then_some(true),
+                ..mount(&map.name, &map.target)
+            });
+        }
+        Ok(Self { volumes, mounts })
+    }
+}
+
+/// A `mapVolumes` entry as a volume, and whether it is mounted read-only (ConfigMaps
+/// and Secrets are; host directories such as caches are written).
+fn map_volume(map: &MapVolume) -> (Volume, bool) {
+    match (&map.host_path, &map.config_map, &map.secret) {
+        (Some(host), _, _) => (
+            host_path_volume(&map.name, &host.path, "DirectoryOrCreate"),
+            false,
+        ),
+        (None, Some(cm), _) => (config_map_volume(&map.name, &cm.name), true),
+        (None, None, Some(secret)) => (secret_volume(&map.name, &secret.name), true),
+        // The schema requires exactly one source; an entry without one (only possible
+        // if the CRD was bypassed) becomes a private scratch directory.
+        (None, None, None) => (empty_dir_volume(&map.name), false),
+    }
+}
+
+/// A map volume may neither reuse the name of one of the container's own volumes nor
+/// mount over, inside or above one of its own mount paths.
+fn check_map_volume(
+    index: usize,
+    map: &MapVolume,
+    own: &[VolumeMount],
+) -> Result<(), BuildError> {
+    for m in own {
+        if map.name == m.name {
+            return Err(BuildError::MapVolumeConflict {
+                index,
+                field: "name",
+                value: map.name.clone(),
+                reserved: m.name.clone(),
+            });
+        }
+        let (target, reserved) = (Path::new(&map.target), Path::new(&m.mount_path));
+        if target.starts_with(reserved) || reserved.starts_with(target) {
+            return Err(BuildError::MapVolumeConflict {
+                index,
+                field: "target",
+                value: map.target.clone(),
+                reserved: m.mount_path.clone(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! From Kubernetes objects to the planner's view of a node (pure).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod};
+use k8s_openapi::api::storage::v1::CSINode;
+use kube::ResourceExt;
+
+use crate::labels::{
+    CORDONED_BY_OPERATOR_ANNOTATION, KMOD_READY_LABEL, PUBLISHED_VOLUMES_ANNOTATION,
+    REVISION_LABEL, UPGRADE_SINCE_ANNOTATION, UPGRADE_STATE_LABEL,
+};
+use crate::rollout::{AfsPod, NodeView, PodView, UPGRADE_TARGET_ANNOTATION, UpgradeState};
+
+/// The NodeReady condition is True.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn node_kernel(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.kernel_version.as_str())
+        .filter(|k| !k.is_empty())
+}
+
+pub fn unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Claims (`namespace/name`) bound to persistent volumes of `driver`.
+pub fn driver_claims(driver: &str, volumes: &[PersistentVolume]) -> BTreeSet<String> {
+    volumes
+        .iter()
+        .filter_map(|pv| pv.spec.as_ref())
+        .filter(|spec| spec.csi.as_ref().is_some_and(|c| c.driver == driver))
+        .filter_map(|spec| spec.claim_ref.as_ref())
+        .filter_map(|r| Some(format!("{}/{}", r.namespace.as_deref()?, r.name.as_deref()?)))
+        .collect()
+}
+
+/// The pod mounts a volume of `driver`: an inline CSI volume, a claim bound to one of
+/// the driver's volumes, or a generic ephemeral volume whose claim is.
+pub fn uses_driver(pod: &Pod, driver: &str, claims: &BTreeSet<String>) -> bool {
+    let namespace = pod.namespace().unwrap_or_default();
+    let pod_name = pod.name_any();
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|v| {
+            let claim = v
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.clone())
+                .or_else(|| v.ephemeral.as_ref().map(|_| format!("{pod_name}-{}", v.name)));
+            v.csi.as_ref().is_some_and(|c| c.driver == driver)
+                || claim.is_some_and(|c| claims.contains(&format!("{namespace}/{c}")))
+        })
+}
+
+/// Pods that are done hold no volumes.
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Everything the planner needs to know about one node.
+#[derive(Debug)]
+pub struct NodeFacts<'a> {
+    pub node: &'a Node,
+    /// Our DaemonSet pods on the node.
+    pub kmod_pod: Option<&'a Pod>,
+    pub csi_pod: Option<&'a Pod>,
+    /// Pods on the node using volumes of the driver, each with "non-interruptible".
+    pub afs_pods: Vec<(&'a Pod, bool)>,
+    pub csi_node: Option<&'a CSINode>,
+    pub driver: &'a str,
+}
+
+pub fn node_view(facts: &NodeFacts<'_>) -> NodeView {
+    let node = facts.node;
+    let labels = node.labels();
+    let annotations = node.annotations();
+    let pod_view = |pod: &Pod| PodView {
+        name: pod.name_any(),
+        revision: pod.labels().get(REVISION_LABEL).cloned(),
+        ready: pod_ready(pod),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+    };
+    NodeView {
+        name: node.name_any(),
+        ready: node_ready(node),
+        unschedulable: unschedulable(node),
+        cordoned_by_operator: annotations
+            .get(CORDONED_BY_OPERATOR_ANNOTATION)
+            .is_some_and(|v| v == "true"),
+        state: labels
+            .get(UPGRADE_STATE_LABEL)
+            .map(|l| UpgradeState::from_label(l)),
+        state_since: annotations
+            .get(UPGRADE_SINCE_ANNOTATION)
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| t.as_second()),
+        target_revision: annotations.get(UPGRADE_TARGET_ANNOTATION).cloned(),
+        kmod_pod: facts.kmod_pod.map(pod_view),
+        csi_pod: facts.csi_pod.map(pod_view),
+        afs_pods: facts
+            .afs_pods
+            .iter()
+            .filter(|(p, _)| !finished(p))
+            .map(|(p, non_interruptible)| AfsPod {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+                non_interruptible: *non_interruptible,
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            })
+            .collect(),
+        published_volumes: annotations
+            .get(PUBLISHED_VOLUMES_ANNOTATION)
+            .and_then(|v| v.parse().ok()),
+        module_ready: labels.get(KMOD_READY_LABEL).is_some_and(|v| v == "true"),
+        driver_registered: facts.csi_node.is_some_and(|c| {
+            c.spec.drivers.iter().any(|d| d.name == facts.driver)
+        }),
+    }
+}
+
+/// Pods indexed by the node they run on.
+pub fn by_node(pods: &[Pod]) -> BTreeMap<&str, Vec<&Pod>> {
+    let mut map: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for pod in pods {
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            map.entry(node).or_default().push(pod);
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(volumes: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": [], "volumes": volumes},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_pod_uses_the_driver_through_inline_claim_or_ephemeral_volumes() {
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": "pv"},
+            "spec": {"csi": {"driver": "afs", "volumeHandle": "h"}, "claimRef": {"namespace": "ns", "name": "claim"}},
+        }))
+        .expect("pv");
+        let claims = driver_claims("afs", &[pv]);
+        let inline = pod(json!([{"name": "v", "csi": {"driver": "afs"}}]));
+        let claimed = pod(json!([{"name": "v", "persistentVolumeClaim": {"claimName": "claim"}}]));
+        let other = pod(json!([{"name": "v", "persistentVolumeClaim": {"claimName": "other"}}, {"name": "e", "emptyDir": {}}]));
+        let other_driver = pod(json!([{"name": "v", "csi": {"driver": "nfs"}}]));
+        assert!(uses_driver(&inline, "afs", &claims));
+        assert!(uses_driver(&claimed, "afs", &claims));
+        assert!(!uses_driver(&other, "afs", &claims));
+        assert!(!uses_driver(&other_driver, "afs", &claims));
+        let claims = BTreeSet::from(["ns/p-scratch".to_owned()]);
+        let ephemeral = pod(json!([{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}]));
+        assert!(uses_driver(&ephemeral, "afs", &claims));
+    }
+}

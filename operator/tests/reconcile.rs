@@ -1,0 +1,253 @@
+//! The reconcile against an in-memory API server (tower-test mock): objects built and
+//! applied, steady state without writes, taints, overlaps, unmapped kernels, deletion
+//! node by node, and a rolling update with budget 1 played to the end.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use afs_operator::controller::{Context, reconcile};
+use afs_operator::crd::SpecialResource;
+use afs_operator::labels;
+use afs_operator::metrics::Metrics;
+use common::FakeApi;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+const SRS: &str = "/apis/afs.csi.auristor.com/v1alpha1/specialresources";
+const NODES: &str = "/api/v1/nodes";
+const DAEMON_SETS: &str = "/apis/apps/v1/daemonsets";
+const CSI_NODES: &str = "/apis/storage.k8s.io/v1/csinodes";
+const DRIVER: &str = "auristorfs.csi.auristor.com";
+
+fn sr(name: &str, group: &str, version: &str) -> Value {
+    json!({
+        "apiVersion": "afs.csi.auristor.com/v1alpha1",
+        "kind": "SpecialResource",
+        "metadata": {"name": name, "generation": 1},
+        "spec": {
+            "namespace": format!("afs-{name}"),
+            "nodeSelector": {"afs-group": group},
+            "kmod": {
+                "module": "kafs",
+                "version": version,
+                "kernelMappings": [{"regexp": "6\\.1\\..*", "containerImage": "registry.example/kmod:${KERNEL_FULL_VERSION}"}]
+            },
+            "csi": {"image": "registry.example/afs-csi", "version": "1.0.0", "cacheManager": "kafs"},
+            "rollout": {"maxUnavailable": 1}
+        }
+    })
+}
+
+fn node(name: &str, group: &str, kernel: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"afs-group": group}},
+        "spec": {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "nodeInfo": {"kernelVersion": kernel, "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": "",
+                "osImage": "", "containerRuntimeVersion": "", "kubeletVersion": "", "operatingSystem": "linux", "architecture": "amd64"}
+        }
+    })
+}
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context>,
+    writer: Writer<SpecialResource>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let api = FakeApi::default();
+        let writer = Writer::<SpecialResource>::default();
+        let ctx = Arc::new(Context::new(api.client(), Arc::new(Metrics::default()), writer.as_reader()));
+        Self { api, ctx, writer }
+    }
+
+    fn sr(&self, name: &str) -> Arc<SpecialResource> {
+        Arc::new(serde_json::from_value(self.api.get(SRS, "", name).unwrap()).unwrap())
+    }
+
+    /// One reconcile of `name` with the store refreshed from the fake server, as the
+    /// controller's reflector would have it.
+    async fn reconcile(&mut self, name: &str) {
+        for o in self.api.list(SRS) {
+            let o: SpecialResource = serde_json::from_value(o).unwrap();
+            self.writer.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+        let sr = self.sr(name);
+        tokio::time::timeout(Duration::from_secs(1), reconcile(sr, self.ctx.clone()))
+            .await
+            .expect("reconcile within 1 s")
+            .expect("reconcile succeeds");
+    }
+
+    fn node(&self, name: &str) -> Value {
+        self.api.get(NODES, "", name).unwrap()
+    }
+
+    fn status(&self, name: &str) -> Value {
+        self.api.get(SRS, "", name).unwrap()["status"].clone()
+    }
+
+    /// Plays kubelet and the DaemonSet controller: every DaemonSet of `namespace` gets a
+    /// Ready pod at its template's revision on each node it selects (unless one is
+    /// there), kmod-manager's ready label is set and the driver is registered.
+    fn play_kubelet(&self, namespace: &str) {
+        let nodes = self.api.list(NODES);
+        for ds in self.api.list(DAEMON_SETS).into_iter().filter(|d| d["metadata"]["namespace"] == namespace) {
+            let template = &ds["spec"]["template"];
+            let selector = template["spec"]["nodeSelector"].as_object().cloned().unwrap_or_default();
+            for n in &nodes {
+                let node_name = n["metadata"]["name"].as_str().unwrap();
+                if !selector.iter().all(|(k, v)| &n["metadata"]["labels"][k] == v) {
+                    continue;
+                }
+                let pod_name = format!("{}-{node_name}", ds["metadata"]["name"].as_str().unwrap());
+                let existing = self.api.get("/api/v1/namespaces/x/pods", namespace, &pod_name);
+                if existing.is_some() {
+                    continue;
+                }
+                let mut labels = template["metadata"]["labels"].clone();
+                labels["pod"] = json!(pod_name);
+                self.api.put(
+                    &format!("/api/v1/namespaces/{namespace}/pods"),
+                    json!({
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": pod_name, "namespace": namespace, "labels": labels},
+                        "spec": {"nodeName": node_name, "containers": [{"name": "c"}]},
+                        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+                    }),
+                );
+                let mut updated = self.node(node_name);
+                updated["metadata"]["labels"][labels::KMOD_READY_LABEL] = json!("true");
+                updated["metadata"]["annotations"][labels::PUBLISHED_VOLUMES_ANNOTATION] =
+                    json!(self.afs_pods_on(node_name).to_string());
+                self.api.put(NODES, updated);
+                self.api.put(
+                    CSI_NODES,
+                    json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": node_name},
+                        "spec": {"drivers": [{"name": DRIVER, "nodeID": node_name}]}}),
+                );
+            }
+        }
+    }
+
+    fn afs_pods_on(&self, node: &str) -> usize {
+        self.api
+            .list("/api/v1/pods")
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == node && p["metadata"]["labels"]["uses"] == "afs")
+            .count()
+    }
+
+    fn put_afs_pod(&self, name: &str, node: &str, extra_labels: Value) {
+        let mut labels = json!({"uses": "afs"});
+        json_patch::merge(&mut labels, &extra_labels);
+        self.api.put(
+            "/api/v1/namespaces/apps/pods",
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "apps", "labels": labels},
+                "spec": {"nodeName": node, "containers": [{"name": "c"}],
+                    "volumes": [{"name": "afs", "csi": {"driver": DRIVER, "volumeAttributes": {"mount-type": "root"}}}]},
+                "status": {"phase": "Running"}
+            }),
+        );
+    }
+}
+
+fn taints(node: &Value) -> Vec<String> {
+    node["spec"]["taints"]
+        .as_array()
+        .map(|ts| ts.iter().map(|t| t["key"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn builds_everything_then_a_steady_state_reconcile_writes_nothing() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    for (n, k) in [("n1", "6.1.0-56-amd64"), ("n2", "6.1.0-56-amd64"), ("n3", "6.1.0-57-amd64")] {
+        h.api.put(NODES, node(n, "g1", k));
+    }
+    h.api.put(NODES, node("other", "g2", "6.1.0-56-amd64"));
+
+    h.reconcile("group-1").await; // adds the finalizer
+    assert_eq!(h.sr("group-1").metadata.finalizers.as_deref(), Some(&[labels::FINALIZER.to_owned()][..]));
+    h.reconcile("group-1").await;
+    let daemon_sets: Vec<String> = h.api.list(DAEMON_SETS).iter().map(|d| d["metadata"]["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(daemon_sets.len(), 3, "two kernels -> two kmod DaemonSets, plus the CSI node plugin: {daemon_sets:?}");
+    assert!(h.api.get("/apis/storage.k8s.io/v1/csidrivers", "", DRIVER).is_some());
+    assert!(h.api.get("/api/v1/namespaces", "", "afs-group-1").is_some());
+    for n in ["n1", "n2", "n3"] {
+        assert!(taints(&h.node(n)).contains(&labels::READINESS_TAINT.to_owned()), "{n} held until ready");
+        assert!(h.node(n)["metadata"]["labels"][labels::KERNEL_LABEL].is_string());
+    }
+    assert!(taints(&h.node("other")).is_empty(), "a node of another group is not touched");
+    assert_eq!(h.status("group-1")["state"], "Progressing");
+
+    h.play_kubelet("afs-group-1");
+    h.reconcile("group-1").await;
+    for n in ["n1", "n2", "n3"] {
+        assert!(taints(&h.node(n)).is_empty(), "{n}: module loaded and driver registered: taint removed");
+    }
+    let status = h.status("group-1");
+    assert_eq!(status["state"], "Ready", "{status}");
+    assert_eq!(status["readyNodes"], "3/3");
+    h.api.take_writes();
+    let before = h.ctx.metrics.writes();
+    h.reconcile("group-1").await;
+    assert_eq!(h.api.take_writes(), Vec::<String>::new(), "steady state makes no write request");
+    assert_eq!(h.ctx.metrics.writes(), before);
+}
+
+#[tokio::test]
+async fn a_kernel_without_mapping_degrades_the_sr_and_keeps_the_node_tainted() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    h.api.put(NODES, node("rt", "g1", "5.14.0-rt21"));
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    h.play_kubelet("afs-group-1");
+    h.reconcile("group-1").await;
+    let status = h.status("group-1");
+    assert_eq!(status["state"], "Degraded");
+    let degraded = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "KernelWithoutMapping");
+    assert!(degraded["message"].as_str().unwrap().contains("5.14.0-rt21"), "{degraded}");
+    assert!(taints(&h.node("rt")).contains(&labels::READINESS_TAINT.to_owned()));
+    assert!(taints(&h.node("n1")).is_empty());
+    let events = h.api.list("/apis/events.k8s.io/v1/events");
+    assert!(events.iter().any(|e| e["reason"] == "KernelWithoutMapping" && e["type"] == "Warning"), "{events:?}");
+}
+
+#[tokio::test]
+async fn overlapping_groups_refuse_the_newer_sr_which_deploys_nothing() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    let mut newer = sr("group-x", "g1", "2.0.0");
+    newer["metadata"]["creationTimestamp"] = json!("2026-11-22T00:00:00Z");
+    h.api.put(SRS, newer);
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    for _ in 0..2 {
+        h.reconcile("group-1").await;
+        h.reconcile("group-x").await;
+    }
+    let status = h.status("group-x");
+    assert_eq!(status["state"], "Conflict");
+    let message = status["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("n1") && message.contains("group-1"), "{message}");
+    assert!(h.api.list(DAEMON_SETS).iter().all(|d| d["metadata"]["namespace"] == "afs-group-1"));
+    let older = h.status("group-1");
+    let degraded = older["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
+    assert_eq!(degraded["reason"], "NodeGroupOverlap", "{older}");
+}
