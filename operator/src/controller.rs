@@ -58,6 +58,23 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("object {0} has no name")]
     Unnamed(&'static str),
+    /// Deletion goes on: the finalizer stays until every module pod is gone.
+    #[error("deletion waits: {0}")]
+    CleanupWaiting(String),
+}
+
+impl Error {
+    /// Not a failure: a deletion waiting for nodes to become free.
+    pub fn is_waiting(&self) -> bool {
+        match self {
+            Self::CleanupWaiting(_) => true,
+            Self::Finalizer(e) => matches!(
+                e.as_ref(),
+                kube::runtime::finalizer::Error::CleanupFailed(Self::CleanupWaiting(_))
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Shared by every reconcile.
@@ -133,8 +150,12 @@ pub async fn run(
 }
 
 fn error_policy(sr: Arc<SpecialResource>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(sr = %sr.name_any(), %error, "reconcile error; retrying");
-    ctx.metrics.reconcile_error();
+    if error.is_waiting() {
+        info!(sr = %sr.name_any(), %error, "deleting");
+    } else {
+        warn!(sr = %sr.name_any(), %error, "reconcile error; retrying");
+        ctx.metrics.reconcile_error();
+    }
     Action::requeue(BUSY_REQUEUE)
 }
 
@@ -766,10 +787,10 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         let verdicts = [
             Verdict::new(READY, false, "Deleting", message.clone()),
             Verdict::new(PROGRESSING, true, "Deleting", format!("{} module pod(s) left", module_pods.len())),
-            Verdict::new(DEGRADED, false, "Deleting", message),
+            Verdict::new(DEGRADED, false, "Deleting", message.clone()),
         ];
         write_status(sr, ctx, status, &verdicts).await?;
-        return Ok(Action::requeue(BUSY_REQUEUE));
+        return Err(Error::CleanupWaiting(message));
     }
     delete_objects(sr, ctx, &live).await?;
     for node in &observed.nodes {

@@ -82,10 +82,12 @@ impl Harness {
             self.writer.apply_watcher_event(&watcher::Event::Apply(o));
         }
         let sr = self.sr(name);
-        tokio::time::timeout(Duration::from_secs(1), reconcile(sr, self.ctx.clone()))
+        let result = tokio::time::timeout(Duration::from_secs(1), reconcile(sr, self.ctx.clone()))
             .await
-            .expect("reconcile within 1 s")
-            .expect("reconcile succeeds");
+            .expect("reconcile within 1 s");
+        if let Err(e) = result {
+            assert!(e.is_waiting(), "reconcile failed: {e}");
+        }
     }
 
     fn node(&self, name: &str) -> Value {
@@ -135,6 +137,17 @@ impl Harness {
                     json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": node_name},
                         "spec": {"drivers": [{"name": DRIVER, "nodeID": node_name}]}}),
                 );
+            }
+        }
+    }
+
+    /// Plays the DaemonSet controller on released nodes: their SR pods go.
+    fn remove_released_pods(&self, namespace: &str) {
+        for p in self.api.list("/api/v1/pods") {
+            let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+            let released = self.api.get(NODES, "", node).is_some_and(|n| n["metadata"]["labels"][labels::RELEASE_LABEL].is_string());
+            if p["metadata"]["namespace"] == namespace && released {
+                self.api.remove("/api/v1/namespaces/x/pods", namespace, p["metadata"]["name"].as_str().unwrap());
             }
         }
     }
@@ -250,4 +263,134 @@ async fn overlapping_groups_refuse_the_newer_sr_which_deploys_nothing() {
     let older = h.status("group-1");
     let degraded = older["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
     assert_eq!(degraded["reason"], "NodeGroupOverlap", "{older}");
+}
+
+fn state(node: &Value) -> String {
+    node["metadata"]["labels"][labels::UPGRADE_STATE_LABEL].as_str().unwrap_or("").to_owned()
+}
+
+fn cordoned(node: &Value) -> bool {
+    node["spec"]["unschedulable"] == true
+}
+
+/// A new module version rolls out node by node with maxUnavailable 1: the admin's cordon
+/// is kept, evictable AFS pods are evicted, the non-interruptible one is waited for,
+/// the module pod is replaced only on a node with no AFS pod left.
+#[tokio::test]
+async fn rolling_update_with_budget_one_admin_cordon_and_a_non_interruptible_pod() {
+    let mut h = Harness::new();
+    let mut spec = sr("group-1", "g1", "1.0.0");
+    spec["spec"]["rollout"]["podNonInterruptLabels"] = json!({"matchLabels": {"critical": "true"}});
+    h.api.put(SRS, spec);
+    for n in ["n1", "n2", "n3"] {
+        h.api.put(NODES, node(n, "g1", "6.1.0-56-amd64"));
+    }
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    h.play_kubelet("afs-group-1");
+    h.reconcile("group-1").await;
+    assert_eq!(h.status("group-1")["state"], "Ready");
+    h.put_afs_pod("web", "n1", json!({}));
+    h.put_afs_pod("job", "n3", json!({"critical": "true"}));
+    let mut admin = h.node("n2");
+    admin["spec"]["unschedulable"] = json!(true);
+    h.api.put(NODES, admin);
+
+    let mut updated = h.api.get(SRS, "", "group-1").unwrap();
+    updated["spec"]["kmod"]["version"] = json!("1.1.0");
+    updated["metadata"]["generation"] = json!(2);
+    h.api.put(SRS, updated);
+
+    let mut finished_at = None;
+    for step in 0..60 {
+        h.reconcile("group-1").await;
+        let nodes: Vec<Value> = ["n1", "n2", "n3"].iter().map(|n| h.node(n)).collect();
+        let operator_cordoned = nodes
+            .iter()
+            .filter(|n| n["metadata"]["annotations"][labels::CORDONED_BY_OPERATOR_ANNOTATION] == "true")
+            .count();
+        let unavailable = nodes.iter().filter(|n| cordoned(n)).count();
+        assert!(unavailable <= 1 || operator_cordoned == 0, "step {step}: budget exceeded: {nodes:?}");
+        assert!(h.api.get("/api/v1/namespaces/apps/pods", "apps", "job").is_some() || step >= 20,
+            "the non-interruptible pod is never evicted");
+        // Module pods are replaced only where no AFS pod is left.
+        for n in &nodes {
+            let name = n["metadata"]["name"].as_str().unwrap();
+            let has_kmod = h.api.list("/api/v1/pods").iter().any(|p| {
+                p["spec"]["nodeName"] == name && p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod"
+            });
+            assert!(has_kmod || h.afs_pods_on(name) == 0, "step {step}: {name} lost its module pod while AFS pods run there");
+        }
+        if step == 20 {
+            // The job ends by itself; the admin then uncordons the node they cordoned.
+            h.api.remove("/api/v1/namespaces/apps/pods", "apps", "job");
+        }
+        if state(&h.node("n2")) == "upgrade-done" && cordoned(&h.node("n2")) && step > 20 {
+            let mut n2 = h.node("n2");
+            n2["spec"]["unschedulable"] = json!(false);
+            h.api.put(NODES, n2);
+        }
+        h.play_kubelet("afs-group-1");
+        if ["n1", "n2", "n3"].iter().all(|n| state(&h.node(n)) == "upgrade-done") && h.status("group-1")["state"] == "Ready" {
+            finished_at = Some(step);
+            break;
+        }
+    }
+    let status = h.status("group-1");
+    assert!(finished_at.is_some(), "rollout finished: {status}");
+    assert!(h.api.get("/api/v1/namespaces/apps/pods", "apps", "web").is_none(), "the evictable pod was evicted");
+    for n in ["n1", "n3"] {
+        assert!(!cordoned(&h.node(n)), "{n}: the operator's cordon is lifted");
+    }
+    let revision = status["revision"].as_str().unwrap();
+    let kmod_pods: Vec<Value> = h.api.list("/api/v1/pods").into_iter().filter(|p| p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod").collect();
+    assert_eq!(kmod_pods.len(), 3);
+    assert!(kmod_pods.iter().all(|p| p["metadata"]["labels"][labels::REVISION_LABEL] == revision));
+}
+
+/// Deleting an SR releases nodes one by one: a node whose pods still use AFS volumes
+/// keeps its module and is named in the status until they are gone.
+#[tokio::test]
+async fn deletion_waits_for_afs_pods_node_by_node_then_removes_everything() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    for n in ["n1", "n2"] {
+        h.api.put(NODES, node(n, "g1", "6.1.0-56-amd64"));
+    }
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    h.play_kubelet("afs-group-1");
+    h.reconcile("group-1").await;
+    h.put_afs_pod("web", "n1", json!({}));
+
+    let mut deleting = h.api.get(SRS, "", "group-1").unwrap();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T01:00:00Z");
+    h.api.put(SRS, deleting);
+    for _ in 0..3 {
+        h.reconcile("group-1").await;
+        h.remove_released_pods("afs-group-1");
+    }
+    let status = h.status("group-1");
+    assert_eq!(status["state"], "Deleting");
+    assert_eq!(status["inUse"], json!([{"node": "n1", "pods": ["apps/web"]}]), "{status}");
+    let kmod_nodes: Vec<String> = h.api.list("/api/v1/pods").iter()
+        .filter(|p| p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod")
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kmod_nodes, ["n1"], "n2 released, n1 keeps its module while web runs");
+    assert!(h.api.get(DAEMON_SETS, "afs-group-1", "group-1-csi-node").is_some(), "the CSI node plugin stays to unpublish");
+
+    h.api.remove("/api/v1/namespaces/apps/pods", "apps", "web");
+    for _ in 0..3 {
+        h.reconcile("group-1").await;
+        h.remove_released_pods("afs-group-1");
+    }
+    assert!(h.api.list(DAEMON_SETS).is_empty(), "{} {:?}", h.status("group-1"), h.api.list("/api/v1/pods").iter().map(|p| p["metadata"]["name"].clone()).collect::<Vec<_>>());
+    assert!(h.api.get("/apis/storage.k8s.io/v1/csidrivers", "", DRIVER).is_none(), "the last SR of the driver takes the CSIDriver");
+    assert!(h.sr("group-1").metadata.finalizers.as_ref().is_none_or(Vec::is_empty), "finalizer removed");
+    for n in ["n1", "n2"] {
+        let node = h.node(n);
+        assert!(taints(&node).is_empty(), "{n}: {node}");
+        let ours: Vec<&String> = node["metadata"]["labels"].as_object().unwrap().keys().filter(|k| k.starts_with("afs.csi.auristor.com/")).collect();
+        assert!(ours.is_empty(), "{n}: {ours:?}");
+    }
 }

@@ -37,6 +37,7 @@ mod rbac;
 #[cfg(test)]
 mod tests;
 
+pub use csi::DEFAULT_CLASS_ANNOTATION;
 pub use kmod::{KMOD_CONFIG_KEY, kmod_config, kmod_config_map_name, kmod_daemon_set_name};
 
 /// Value of [`MANAGED_BY_LABEL`] on every object built here.

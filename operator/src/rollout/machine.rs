@@ -1,10 +1,12 @@
 //! One node's walk through the states within one pass: as many steps as the observed
 //! conditions allow, each emitting the actions that make it true.
 
-use super::{Action, AfsPod, NodeView, PodView, Policy, Tally, UpgradeState, daemon_pods, unavailable};
+use super::{
+    Action, AfsPod, NodeView, PodView, Policy, Tally, UpgradeState, daemon_pods, unavailable,
+};
 use UpgradeState::{
-    CordonRequired, EvictionRequired, ModuleSwapRequired, UncordonRequired, UpgradeDone, UpgradeFailed,
-    UpgradeRequired, ValidationRequired, WaitForUnmount,
+    CordonRequired, EvictionRequired, ModuleSwapRequired, UncordonRequired, UpgradeDone,
+    UpgradeFailed, UpgradeRequired, ValidationRequired, WaitForUnmount,
 };
 
 /// More than the longest forward path, so a pass always ends.
@@ -63,9 +65,16 @@ pub(super) fn wait(node: &NodeView, env: &Env<'_>) -> Outcome {
     if node.state != Some(UpgradeRequired) {
         let reason = match (node.state, &node.target_revision) {
             (Some(UpgradeFailed), Some(target)) => {
-                format!("retrying: failed toward revision {target}, desired is now {}", env.desired)
+                format!(
+                    "retrying: failed toward revision {target}, desired is now {}",
+                    env.desired
+                )
             }
-            _ => format!("runs revision {}, desired {}", running_revisions(node), env.desired),
+            _ => format!(
+                "runs revision {}, desired {}",
+                running_revisions(node),
+                env.desired
+            ),
         };
         walk.set(UpgradeRequired, reason);
     }
@@ -87,15 +96,28 @@ struct Walk<'a> {
 
 impl<'a> Walk<'a> {
     fn new(node: &'a NodeView, state: Option<UpgradeState>, env: &'a Env<'a>) -> Self {
-        let out = Outcome { actions: Vec::new(), state, cordoned: false, uncordoned: false };
-        Self { node, env, out, since: node.state_since }
+        let out = Outcome {
+            actions: Vec::new(),
+            state,
+            cordoned: false,
+            uncordoned: false,
+        };
+        Self {
+            node,
+            env,
+            out,
+            since: node.state_since,
+        }
     }
 
     fn run(mut self) -> Outcome {
         if self.out.state.is_some_and(UpgradeState::is_in_progress) && self.since.is_none() {
             // Without a start time the phase could never time out: restart its clock.
             if let Some(state) = self.out.state {
-                self.set(state, format!("{state}: recorded start time missing, clock restarted"));
+                self.set(
+                    state,
+                    format!("{state}: recorded start time missing, clock restarted"),
+                );
             }
         }
         for _ in 0..MAX_STEPS {
@@ -125,7 +147,9 @@ impl<'a> Walk<'a> {
     }
 
     fn step(&mut self) -> Next {
-        let Some(state) = self.out.state else { return self.idle() };
+        let Some(state) = self.out.state else {
+            return self.idle();
+        };
         if let Some(limit) = self.timeout(state)
             && self.since.is_some_and(|since| self.env.now - since > limit)
         {
@@ -183,7 +207,10 @@ impl<'a> Walk<'a> {
         self.recordon();
         self.drain();
         if self.node.afs_pods.iter().all(|p| p.terminating) {
-            return Next::Go(WaitForUnmount, "every pod using the driver's volumes is leaving".to_owned());
+            return Next::Go(
+                WaitForUnmount,
+                "every pod using the driver's volumes is leaving".to_owned(),
+            );
         }
         Next::Stay
     }
@@ -192,7 +219,10 @@ impl<'a> Walk<'a> {
         self.recordon();
         self.drain();
         if self.unused() {
-            return Next::Go(ModuleSwapRequired, "no pod uses the driver's volumes, none is published".to_owned());
+            return Next::Go(
+                ModuleSwapRequired,
+                "no pod uses the driver's volumes, none is published".to_owned(),
+            );
         }
         Next::Stay
     }
@@ -200,7 +230,10 @@ impl<'a> Walk<'a> {
     fn swap(&mut self) -> Next {
         let old: Vec<&PodView> = self.old_pods().collect();
         if old.is_empty() {
-            return Next::Go(ValidationRequired, "old kmod and CSI node pods are gone".to_owned());
+            return Next::Go(
+                ValidationRequired,
+                "old kmod and CSI node pods are gone".to_owned(),
+            );
         }
         let live = old.iter().filter(|p| !p.terminating);
         if self.node.unschedulable && self.unused() {
@@ -222,7 +255,10 @@ impl<'a> Walk<'a> {
             // The DaemonSet recreated a pod at a revision that is no longer desired.
             return Next::Go(
                 ModuleSwapRequired,
-                format!("desired revision is now {}: replacing pods again", self.env.desired),
+                format!(
+                    "desired revision is now {}: replacing pods again",
+                    self.env.desired
+                ),
             );
         }
         if self.validation_gaps().is_empty() {
@@ -245,13 +281,20 @@ impl<'a> Walk<'a> {
     /// Times out `state`. Before the swap the node still serves at its old revision, so
     /// the operator's cordon is lifted; from the swap on it stays cordoned.
     fn fail(&mut self, state: UpgradeState, limit: i64) -> Next {
-        let blockers = if self.node.ready { self.blockers(state) } else { "node NotReady".to_owned() };
+        let blockers = if self.node.ready {
+            self.blockers(state)
+        } else {
+            "node NotReady".to_owned()
+        };
         if matches!(state, CordonRequired | EvictionRequired | WaitForUnmount) {
             self.release();
         }
         Next::Go(
             UpgradeFailed,
-            format!("{state} timed out after {limit}s toward revision {}: {blockers}", self.env.desired),
+            format!(
+                "{state} timed out after {limit}s toward revision {}: {blockers}",
+                self.env.desired
+            ),
         )
     }
 
@@ -264,9 +307,22 @@ impl<'a> Walk<'a> {
                 parts.push(format!("{what} {}", name_list(&found)));
             }
         };
-        add("non-interruptible pods still running:", pods.iter().filter(|p| p.non_interruptible && !p.terminating).collect());
-        add("eviction refused or pending for", pods.iter().filter(|p| !p.non_interruptible && !p.terminating).collect());
-        add("pods still terminating:", pods.iter().filter(|p| p.terminating).collect());
+        add(
+            "non-interruptible pods still running:",
+            pods.iter()
+                .filter(|p| p.non_interruptible && !p.terminating)
+                .collect(),
+        );
+        add(
+            "eviction refused or pending for",
+            pods.iter()
+                .filter(|p| !p.non_interruptible && !p.terminating)
+                .collect(),
+        );
+        add(
+            "pods still terminating:",
+            pods.iter().filter(|p| p.terminating).collect(),
+        );
         if let Some(n @ 1..) = self.node.published_volumes {
             parts.push(format!("{n} volumes still published"));
         }
@@ -283,12 +339,21 @@ impl<'a> Walk<'a> {
             ValidationRequired => parts.extend(self.validation_gaps()),
             _ => {}
         }
-        if parts.is_empty() { "no blocker observed".to_owned() } else { parts.join("; ") }
+        if parts.is_empty() {
+            "no blocker observed".to_owned()
+        } else {
+            parts.join("; ")
+        }
     }
 
     /// Evicts every pod using the driver's volumes that may be evicted and is not leaving.
     fn drain(&mut self) {
-        for pod in self.node.afs_pods.iter().filter(|p| !p.terminating && !p.non_interruptible) {
+        for pod in self
+            .node
+            .afs_pods
+            .iter()
+            .filter(|p| !p.terminating && !p.non_interruptible)
+        {
             self.out.actions.push(Action::Evict {
                 node: self.node.name.clone(),
                 namespace: pod.namespace.clone(),
@@ -300,7 +365,9 @@ impl<'a> Walk<'a> {
     /// Cordons again a node in progress found schedulable (the slot already counts it).
     fn recordon(&mut self) {
         if !self.node.unschedulable && !self.out.cordoned {
-            self.out.actions.push(Action::Cordon { node: self.node.name.clone() });
+            self.out.actions.push(Action::Cordon {
+                node: self.node.name.clone(),
+            });
             self.out.cordoned = true;
         }
     }
@@ -308,7 +375,9 @@ impl<'a> Walk<'a> {
     /// Lifts the operator's own cordon; an admin's stays.
     fn release(&mut self) {
         if self.node.cordoned_by_operator && !self.out.uncordoned {
-            self.out.actions.push(Action::Uncordon { node: self.node.name.clone() });
+            self.out.actions.push(Action::Uncordon {
+                node: self.node.name.clone(),
+            });
             self.out.uncordoned = true;
         }
     }
@@ -316,7 +385,7 @@ impl<'a> Walk<'a> {
     /// No pod uses the driver's volumes (terminating ones included) and none is
     /// published, as far as the node reports.
     fn unused(&self) -> bool {
-        self.node.afs_pods.is_empty() && self.node.published_volumes.unwrap_or(0) == 0
+        self.node.afs_pods.iter().all(|p| p.terminating)
     }
 
     fn old_pods(&self) -> impl Iterator<Item = &'a PodView> + use<'a> {
@@ -333,7 +402,10 @@ impl<'a> Walk<'a> {
                 p.ready && !p.terminating && p.revision.as_deref() == Some(self.env.desired)
             });
             if !ok {
-                gaps.push(format!("{what} pod not Ready at revision {}", self.env.desired));
+                gaps.push(format!(
+                    "{what} pod not Ready at revision {}",
+                    self.env.desired
+                ));
             }
         }
         if !n.module_ready {
@@ -355,7 +427,9 @@ fn name_list(pods: &[&AfsPod]) -> String {
 }
 
 fn running_revisions(node: &NodeView) -> String {
-    let mut revs: Vec<&str> = daemon_pods(node).map(|p| p.revision.as_deref().unwrap_or("(none)")).collect();
+    let mut revs: Vec<&str> = daemon_pods(node)
+        .map(|p| p.revision.as_deref().unwrap_or("(none)"))
+        .collect();
     revs.dedup();
     revs.join("+")
 }

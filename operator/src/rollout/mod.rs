@@ -117,12 +117,18 @@ impl UpgradeState {
     /// the upgrade it restarts from the cordon, where every check is made on observed
     /// pods and volumes, never on the label.
     pub fn from_label(value: &str) -> Self {
-        Self::ALL.into_iter().find(|s| s.as_label() == value).unwrap_or(Self::UpgradeRequired)
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_label() == value)
+            .unwrap_or(Self::UpgradeRequired)
     }
 
     /// Holds a `maxParallel` slot and makes the node unavailable.
     pub fn is_in_progress(self) -> bool {
-        !matches!(self, Self::UpgradeRequired | Self::UpgradeDone | Self::UpgradeFailed)
+        !matches!(
+            self,
+            Self::UpgradeRequired | Self::UpgradeDone | Self::UpgradeFailed
+        )
     }
 
     fn index(self) -> usize {
@@ -213,14 +219,23 @@ impl AfsPod {
 pub enum Action {
     /// Set the upgrade-state label to `state`, the since annotation to the current time,
     /// the reason annotation to `reason` and [`UPGRADE_TARGET_ANNOTATION`] to `revision`.
-    SetState { node: String, state: UpgradeState, reason: String, revision: String },
+    SetState {
+        node: String,
+        state: UpgradeState,
+        reason: String,
+        revision: String,
+    },
     /// Set `spec.unschedulable` and the cordoned-by-operator annotation. If the node is
     /// already unschedulable when patched (an admin was faster), leave both untouched.
     Cordon { node: String },
     /// Clear `spec.unschedulable` and the cordoned-by-operator annotation.
     Uncordon { node: String },
     /// Evict the pod through the Eviction API (PodDisruptionBudgets hold).
-    Evict { node: String, namespace: String, pod: String },
+    Evict {
+        node: String,
+        namespace: String,
+        pod: String,
+    },
     /// Delete a DaemonSet pod of the node (kmod or CSI node, in the group's namespace);
     /// the OnDelete DaemonSet recreates it at its current revision.
     DeletePod { node: String, pod: String },
@@ -287,21 +302,41 @@ impl StateCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blocked {
     Paused,
-    ParallelFull { in_progress: u32, max_parallel: u32 },
-    BudgetFull { unavailable: u32, max_unavailable: u32 },
+    ParallelFull {
+        in_progress: u32,
+        max_parallel: u32,
+    },
+    BudgetFull {
+        unavailable: u32,
+        max_unavailable: u32,
+    },
     /// Every waiting node is NotReady (they cannot be drained or swapped).
-    NotReady { nodes: u32 },
+    NotReady {
+        nodes: u32,
+    },
 }
 
 impl fmt::Display for Blocked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Paused => f.write_str("rollout paused"),
-            Self::ParallelFull { in_progress, max_parallel } => {
-                write!(f, "{in_progress} nodes upgrading, maxParallel is {max_parallel}")
+            Self::ParallelFull {
+                in_progress,
+                max_parallel,
+            } => {
+                write!(
+                    f,
+                    "{in_progress} nodes upgrading, maxParallel is {max_parallel}"
+                )
             }
-            Self::BudgetFull { unavailable, max_unavailable } => {
-                write!(f, "{unavailable} nodes unavailable, maxUnavailable is {max_unavailable}")
+            Self::BudgetFull {
+                unavailable,
+                max_unavailable,
+            } => {
+                write!(
+                    f,
+                    "{unavailable} nodes unavailable, maxUnavailable is {max_unavailable}"
+                )
             }
             Self::NotReady { nodes } => write!(f, "{nodes} waiting nodes are NotReady"),
         }
@@ -316,10 +351,20 @@ pub fn needs_upgrade(node: &NodeView, desired: &str) -> bool {
 /// Counts against `maxUnavailable`: NotReady, cordoned by anyone, in progress, or failed
 /// and still cordoned by the operator.
 pub fn is_unavailable(node: &NodeView) -> bool {
-    unavailable(node.ready, node.unschedulable, node.cordoned_by_operator, node.state)
+    unavailable(
+        node.ready,
+        node.unschedulable,
+        node.cordoned_by_operator,
+        node.state,
+    )
 }
 
-fn unavailable(ready: bool, unschedulable: bool, by_operator: bool, state: Option<UpgradeState>) -> bool {
+fn unavailable(
+    ready: bool,
+    unschedulable: bool,
+    by_operator: bool,
+    state: Option<UpgradeState>,
+) -> bool {
     !ready
         || unschedulable
         || state.is_some_and(UpgradeState::is_in_progress)
@@ -335,7 +380,10 @@ fn daemon_pods(node: &NodeView) -> impl Iterator<Item = &PodView> {
 fn effective_state(node: &NodeView, desired: &str) -> Option<UpgradeState> {
     match node.state {
         Some(UpgradeState::UpgradeFailed)
-            if node.target_revision.as_deref().is_some_and(|t| t != desired) =>
+            if node
+                .target_revision
+                .as_deref()
+                .is_some_and(|t| t != desired) =>
         {
             None
         }
@@ -345,8 +393,10 @@ fn effective_state(node: &NodeView, desired: &str) -> Option<UpgradeState> {
 
 /// Waiting for a slot: not in progress, not failed, and needing the upgrade.
 fn is_candidate(node: &NodeView, state: Option<UpgradeState>, desired: &str) -> bool {
-    matches!(state, None | Some(UpgradeState::UpgradeRequired | UpgradeState::UpgradeDone))
-        && needs_upgrade(node, desired)
+    matches!(
+        state,
+        None | Some(UpgradeState::UpgradeRequired | UpgradeState::UpgradeDone)
+    ) && needs_upgrade(node, desired)
 }
 
 /// Running totals of the group as it will be after the actions planned so far.
@@ -360,7 +410,11 @@ struct Tally {
 /// the arguments (node order included: nodes are processed by name).
 pub fn plan(view: &GroupView<'_>, policy: &Policy) -> Plan {
     let desired = view.desired_revision;
-    let env = machine::Env { desired, now: view.now, policy };
+    let env = machine::Env {
+        desired,
+        now: view.now,
+        policy,
+    };
     let mut nodes: Vec<&NodeView> = view.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -463,13 +517,19 @@ mod tests {
         for s in UpgradeState::ALL {
             assert_eq!(UpgradeState::from_label(s.as_label()), s);
         }
-        assert_eq!(UpgradeState::from_label("drain-required"), UpgradeState::UpgradeRequired);
+        assert_eq!(
+            UpgradeState::from_label("drain-required"),
+            UpgradeState::UpgradeRequired
+        );
         assert_eq!(UpgradeState::from_label(""), UpgradeState::UpgradeRequired);
     }
 
     #[test]
     fn in_progress_states_are_cordon_through_uncordon() {
-        let in_progress: Vec<_> = UpgradeState::ALL.into_iter().filter(|s| s.is_in_progress()).collect();
+        let in_progress: Vec<_> = UpgradeState::ALL
+            .into_iter()
+            .filter(|s| s.is_in_progress())
+            .collect();
         assert_eq!(in_progress.first(), Some(&UpgradeState::CordonRequired));
         assert_eq!(in_progress.last(), Some(&UpgradeState::UncordonRequired));
         assert_eq!(in_progress.len(), 6);

@@ -61,16 +61,22 @@ impl Policy {
 
 fn resolve_max_unavailable(value: &IntOrString, group_size: usize) -> Result<u32, PolicyError> {
     match value {
-        IntOrString::Int(n) => u32::try_from(*n)
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| PolicyError::MaxUnavailable { value: n.to_string() }),
+        IntOrString::Int(n) => {
+            u32::try_from(*n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| PolicyError::MaxUnavailable {
+                    value: n.to_string(),
+                })
+        }
         IntOrString::String(s) => {
             let percent = s
                 .strip_suffix('%')
                 .and_then(|p| p.parse::<u64>().ok())
                 .filter(|p| (1..=100).contains(p))
-                .ok_or_else(|| PolicyError::MaxUnavailable { value: format!("{s:?}") })?;
+                .ok_or_else(|| PolicyError::MaxUnavailable {
+                    value: format!("{s:?}"),
+                })?;
             let size = u64::try_from(group_size).unwrap_or(u64::MAX);
             let count = size.saturating_mul(percent).div_ceil(100).max(1);
             Ok(u32::try_from(count).unwrap_or(u32::MAX))
@@ -86,7 +92,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn spec(max_unavailable: IntOrString) -> RolloutSpec {
-        RolloutSpec { max_unavailable, ..RolloutSpec::default() }
+        RolloutSpec {
+            max_unavailable,
+            ..RolloutSpec::default()
+        }
     }
 
     fn resolve(v: IntOrString, size: usize) -> Result<u32, PolicyError> {
@@ -116,13 +125,19 @@ mod tests {
             IntOrString::String("x%".into()),
         ] {
             let err = resolve(v.clone(), 10).unwrap_err();
-            assert!(err.to_string().starts_with("rollout.maxUnavailable: "), "{v:?}: {err}");
+            assert!(
+                err.to_string().starts_with("rollout.maxUnavailable: "),
+                "{v:?}: {err}"
+            );
         }
     }
 
     #[test]
     fn other_fields_are_checked_and_copied() {
-        let mut s = RolloutSpec { max_parallel: 0, ..RolloutSpec::default() };
+        let mut s = RolloutSpec {
+            max_parallel: 0,
+            ..RolloutSpec::default()
+        };
         assert_eq!(Policy::from_spec(&s, 3), Err(PolicyError::MaxParallel));
         s.max_parallel = 2;
         s.pod_non_interrupt_labels = Some(LabelSelector {
@@ -134,10 +149,17 @@ mod tests {
             match_labels: None,
         });
         let err = Policy::from_spec(&s, 3).unwrap_err();
-        assert!(err.to_string().starts_with("rollout.podNonInterruptLabels: "), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("rollout.podNonInterruptLabels: "),
+            "{err}"
+        );
         s.pod_non_interrupt_labels = None;
         s.phase_timeouts.validation_seconds = 42;
         let p = Policy::from_spec(&s, 3).unwrap();
-        assert_eq!((p.max_parallel, p.validation_timeout, p.eviction_timeout), (2, 42, 600));
+        assert_eq!(
+            (p.max_parallel, p.validation_timeout, p.eviction_timeout),
+            (2, 42, 600)
+        );
     }
 }

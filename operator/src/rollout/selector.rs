@@ -8,12 +8,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 /// Why a selector cannot be evaluated as the API server would.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
-    #[error("matchExpressions[{index}] (key {key:?}): unknown operator {operator:?}; use In, NotIn, Exists or DoesNotExist")]
-    UnknownOperator { index: usize, key: String, operator: String },
+    #[error(
+        "matchExpressions[{index}] (key {key:?}): unknown operator {operator:?}; use In, NotIn, Exists or DoesNotExist"
+    )]
+    UnknownOperator {
+        index: usize,
+        key: String,
+        operator: String,
+    },
     #[error("matchExpressions[{index}] (key {key:?}): {operator} needs at least one value")]
-    MissingValues { index: usize, key: String, operator: String },
+    MissingValues {
+        index: usize,
+        key: String,
+        operator: String,
+    },
     #[error("matchExpressions[{index}] (key {key:?}): {operator} takes no values")]
-    UnexpectedValues { index: usize, key: String, operator: String },
+    UnexpectedValues {
+        index: usize,
+        key: String,
+        operator: String,
+    },
 }
 
 /// Checks every requirement as the API server does for workload selectors.
@@ -22,12 +36,28 @@ pub fn validate_selector(selector: &LabelSelector) -> Result<(), SelectorError> 
         let has_values = req.values.as_ref().is_some_and(|v| !v.is_empty());
         let (key, operator) = (req.key.clone(), req.operator.clone());
         match (req.operator.as_str(), has_values) {
-            ("In" | "NotIn", false) => return Err(SelectorError::MissingValues { index, key, operator }),
+            ("In" | "NotIn", false) => {
+                return Err(SelectorError::MissingValues {
+                    index,
+                    key,
+                    operator,
+                });
+            }
             ("Exists" | "DoesNotExist", true) => {
-                return Err(SelectorError::UnexpectedValues { index, key, operator });
+                return Err(SelectorError::UnexpectedValues {
+                    index,
+                    key,
+                    operator,
+                });
             }
             ("In" | "NotIn" | "Exists" | "DoesNotExist", _) => {}
-            _ => return Err(SelectorError::UnknownOperator { index, key, operator }),
+            _ => {
+                return Err(SelectorError::UnknownOperator {
+                    index,
+                    key,
+                    operator,
+                });
+            }
         }
     }
     Ok(())
@@ -41,7 +71,9 @@ pub fn validate_selector(selector: &LabelSelector) -> Result<(), SelectorError> 
 pub fn matches_selector(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let pairs = selector.match_labels.iter().flatten();
     pairs.clone().all(|(k, v)| labels.get(k) == Some(v))
-        && expressions(selector).iter().all(|req| requirement_holds(req, labels))
+        && expressions(selector)
+            .iter()
+            .all(|req| requirement_holds(req, labels))
 }
 
 fn expressions(selector: &LabelSelector) -> &[LabelSelectorRequirement] {
@@ -68,7 +100,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn req(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -89,15 +124,24 @@ mod tests {
     #[test]
     fn empty_selector_matches_everything() {
         assert!(matches_selector(&LabelSelector::default(), &labels(&[])));
-        assert!(matches_selector(&LabelSelector::default(), &labels(&[("a", "b")])));
+        assert!(matches_selector(
+            &LabelSelector::default(),
+            &labels(&[("a", "b")])
+        ));
     }
 
     #[test]
     fn match_labels_need_every_pair() {
         let s = selector(&[("app", "db"), ("tier", "x")], vec![]);
-        assert!(matches_selector(&s, &labels(&[("app", "db"), ("tier", "x"), ("z", "1")])));
+        assert!(matches_selector(
+            &s,
+            &labels(&[("app", "db"), ("tier", "x"), ("z", "1")])
+        ));
         assert!(!matches_selector(&s, &labels(&[("app", "db")])));
-        assert!(!matches_selector(&s, &labels(&[("app", "web"), ("tier", "x")])));
+        assert!(!matches_selector(
+            &s,
+            &labels(&[("app", "web"), ("tier", "x")])
+        ));
     }
 
     #[test]
@@ -123,7 +167,11 @@ mod tests {
 
     #[test]
     fn invalid_requirements_match_so_pods_are_protected() {
-        for r in [req("app", "in", &["db"]), req("app", "In", &[]), req("app", "Exists", &["x"])] {
+        for r in [
+            req("app", "in", &["db"]),
+            req("app", "In", &[]),
+            req("app", "Exists", &["x"]),
+        ] {
             let s = selector(&[], vec![r.clone()]);
             assert!(matches_selector(&s, &labels(&[])), "{r:?}");
             assert!(validate_selector(&s).is_err(), "{r:?}");

@@ -47,7 +47,11 @@ impl XorShift {
     /// Uniform in `0..n` (`0` when `n == 0`).
     pub fn below(&mut self, n: usize) -> usize {
         let n64 = u64::try_from(n).unwrap_or(u64::MAX);
-        if n64 == 0 { 0 } else { usize::try_from(self.next_u64() % n64).unwrap_or(0) }
+        if n64 == 0 {
+            0
+        } else {
+            usize::try_from(self.next_u64() % n64).unwrap_or(0)
+        }
     }
 
     /// True with probability `p`.
@@ -213,7 +217,9 @@ impl SimNode {
     pub fn upgraded_to(&self, revision: &str) -> bool {
         self.state == Some(UpgradeState::UpgradeDone)
             && self.spec.has_pods
-            && self.daemon_pods().all(|p| p.revision == revision && !p.terminating)
+            && self
+                .daemon_pods()
+                .all(|p| p.revision == revision && !p.terminating)
     }
 
     /// Runs pods at another revision than `revision`.
@@ -264,17 +270,34 @@ impl SimNode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     #[error("t={now}: {action:?} made {unavailable} nodes unavailable, maxUnavailable is {max}")]
-    BudgetExceeded { now: i64, action: Action, unavailable: u32, max: u32 },
+    BudgetExceeded {
+        now: i64,
+        action: Action,
+        unavailable: u32,
+        max: u32,
+    },
     #[error("t={now}: {action:?} put {in_progress} nodes in progress, maxParallel is {max}")]
-    ParallelExceeded { now: i64, action: Action, in_progress: u32, max: u32 },
+    ParallelExceeded {
+        now: i64,
+        action: Action,
+        in_progress: u32,
+        max: u32,
+    },
     #[error("t={now}: {action:?} started a node while paused")]
     StartedWhilePaused { now: i64, action: Action },
     #[error("t={now}: {action:?} uncordoned a node an admin cordoned")]
     UncordonedAdminNode { now: i64, action: Action },
     #[error("t={now}: {action:?} evicted a non-interruptible pod")]
     EvictedNonInterruptible { now: i64, action: Action },
-    #[error("t={now}: {action:?} while {pods} pods use the driver's volumes and {published} are published")]
-    SwapWhileInUse { now: i64, action: Action, pods: usize, published: u32 },
+    #[error(
+        "t={now}: {action:?} while {pods} pods use the driver's volumes and {published} are published"
+    )]
+    SwapWhileInUse {
+        now: i64,
+        action: Action,
+        pods: usize,
+        published: u32,
+    },
     #[error("t={now}: {action:?} names an unknown node or pod")]
     UnknownTarget { now: i64, action: Action },
 }
@@ -330,9 +353,13 @@ impl Cluster {
         for (i, spec) in specs.into_iter().enumerate() {
             let name = format!("node-{i:03}");
             let daemon_pod = |c: &mut Self, kind: &str| {
-                spec.has_pods.then(|| c.daemon_pod(kind, &name, OLD_REVISION, true, 0))
+                spec.has_pods
+                    .then(|| c.daemon_pod(kind, &name, OLD_REVISION, true, 0))
             };
-            let (kmod, csi) = (daemon_pod(&mut cluster, "kmod"), daemon_pod(&mut cluster, "csi"));
+            let (kmod, csi) = (
+                daemon_pod(&mut cluster, "kmod"),
+                daemon_pod(&mut cluster, "csi"),
+            );
             let afs = spec
                 .pods
                 .iter()
@@ -380,13 +407,21 @@ impl Cluster {
         self.paused
     }
 
+    /// Flips `spec.rollout.paused` as a user would.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
     /// The policy the operator sees now (`paused` may have been flipped by a fault).
     pub fn policy(&self) -> Policy {
-        Policy { paused: self.paused, ..self.policy.clone() }
+        Policy {
+            paused: self.paused,
+            ..self.policy.clone()
+        }
     }
 
     /// What the controller would observe.
@@ -444,12 +479,25 @@ impl Cluster {
 
     fn apply(&mut self, action: &Action) -> Result<(), Violation> {
         let now = self.now;
-        let unknown = || Violation::UnknownTarget { now, action: action.clone() };
-        let i = self.nodes.iter().position(|n| n.name == action.node()).ok_or_else(unknown)?;
-        let (was_unavailable, was_in_progress) = (self.nodes[i].unavailable(), self.nodes[i].in_progress());
+        let unknown = || Violation::UnknownTarget {
+            now,
+            action: action.clone(),
+        };
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == action.node())
+            .ok_or_else(unknown)?;
+        let (was_unavailable, was_in_progress) =
+            (self.nodes[i].unavailable(), self.nodes[i].in_progress());
         let node = &mut self.nodes[i];
         match action {
-            Action::SetState { state, reason, revision, .. } => {
+            Action::SetState {
+                state,
+                reason,
+                revision,
+                ..
+            } => {
                 node.state = Some(*state);
                 node.since = Some(now);
                 node.target = Some(revision.clone());
@@ -463,7 +511,10 @@ impl Cluster {
             }
             Action::Uncordon { .. } => {
                 if node.admin_cordoned {
-                    return Err(Violation::UncordonedAdminNode { now, action: action.clone() });
+                    return Err(Violation::UncordonedAdminNode {
+                        now,
+                        action: action.clone(),
+                    });
                 }
                 node.unschedulable = false;
                 node.cordoned_by_operator = false;
@@ -475,7 +526,10 @@ impl Cluster {
                     .find(|p| &p.namespace == namespace && &p.name == pod)
                     .ok_or_else(unknown)?;
                 if p.non_interruptible {
-                    return Err(Violation::EvictedNonInterruptible { now, action: action.clone() });
+                    return Err(Violation::EvictedNonInterruptible {
+                        now,
+                        action: action.clone(),
+                    });
                 }
                 if !p.terminating {
                     if self.faults_on && self.rng.chance(self.faults.pdb_refusal) {
@@ -491,7 +545,12 @@ impl Cluster {
             Action::DeletePod { pod, .. } => {
                 let (pods, published) = (node.afs.len(), node.published());
                 if pods > 0 || (node.spec.reports_published && published > 0) {
-                    return Err(Violation::SwapWhileInUse { now, action: action.clone(), pods, published });
+                    return Err(Violation::SwapWhileInUse {
+                        now,
+                        action: action.clone(),
+                        pods,
+                        published,
+                    });
                 }
                 let ticks = node.spec.swap_ticks.max(1);
                 let p = [&mut node.kmod, &mut node.csi]
@@ -511,21 +570,40 @@ impl Cluster {
     }
 
     /// The invariants that hold after every action.
-    fn check(&mut self, i: usize, action: &Action, was_unavailable: bool, was_in_progress: bool) -> Result<(), Violation> {
+    fn check(
+        &mut self,
+        i: usize,
+        action: &Action,
+        was_unavailable: bool,
+        was_in_progress: bool,
+    ) -> Result<(), Violation> {
         let now = self.now;
         if !was_in_progress && self.nodes[i].in_progress() {
             if self.paused {
-                return Err(Violation::StartedWhilePaused { now, action: action.clone() });
+                return Err(Violation::StartedWhilePaused {
+                    now,
+                    action: action.clone(),
+                });
             }
             let (in_progress, max) = (self.in_progress(), self.policy.max_parallel);
             if in_progress > max {
-                return Err(Violation::ParallelExceeded { now, action: action.clone(), in_progress, max });
+                return Err(Violation::ParallelExceeded {
+                    now,
+                    action: action.clone(),
+                    in_progress,
+                    max,
+                });
             }
         }
         if !was_unavailable && self.nodes[i].unavailable() {
             let (unavailable, max) = (self.unavailable(), self.policy.max_unavailable);
             if unavailable > max {
-                return Err(Violation::BudgetExceeded { now, action: action.clone(), unavailable, max });
+                return Err(Violation::BudgetExceeded {
+                    now,
+                    action: action.clone(),
+                    unavailable,
+                    max,
+                });
             }
             self.stats.peak_after_operator = self.stats.peak_after_operator.max(unavailable);
         }
@@ -538,7 +616,11 @@ impl Cluster {
         if self.faults_on {
             self.inject_faults();
         }
-        let lingering = if self.faults_on { self.faults.lingering_mount } else { 0.0 };
+        let lingering = if self.faults_on {
+            self.faults.lingering_mount
+        } else {
+            0.0
+        };
         for i in 0..self.nodes.len() {
             let node = &mut self.nodes[i];
             if let Some(left) = node.down_for {
@@ -553,8 +635,10 @@ impl Cluster {
             for pod in &mut node.afs {
                 advance_afs_pod(pod);
             }
-            node.afs.retain(|p| !(p.terminating && !p.stuck && p.countdown == 0));
-            if node.afs.len() < before && node.spec.reports_published && self.rng.chance(lingering) {
+            node.afs
+                .retain(|p| !(p.terminating && !p.stuck && p.countdown == 0));
+            if node.afs.len() < before && node.spec.reports_published && self.rng.chance(lingering)
+            {
                 node.lingering = self.rng.range(1, 3);
             }
             for kind in ["kmod", "csi"] {
@@ -608,15 +692,24 @@ impl Cluster {
 
     fn advance_daemon_pod(&mut self, i: usize, kind: &str) {
         let validate_ticks = self.nodes[i].spec.validate_ticks.max(1);
-        let slot = if kind == "kmod" { &mut self.nodes[i].kmod } else { &mut self.nodes[i].csi };
+        let slot = if kind == "kmod" {
+            &mut self.nodes[i].kmod
+        } else {
+            &mut self.nodes[i].csi
+        };
         let Some(pod) = slot else { return };
         if pod.terminating {
             pod.countdown = pod.countdown.saturating_sub(1);
             if pod.countdown == 0 {
                 // Gone: the OnDelete DaemonSet creates the replacement at its revision.
-                let (name, revision) = (self.nodes[i].name.clone(), self.daemonset_revision.clone());
+                let (name, revision) =
+                    (self.nodes[i].name.clone(), self.daemonset_revision.clone());
                 let new = self.daemon_pod(kind, &name, &revision, false, validate_ticks);
-                let slot = if kind == "kmod" { &mut self.nodes[i].kmod } else { &mut self.nodes[i].csi };
+                let slot = if kind == "kmod" {
+                    &mut self.nodes[i].kmod
+                } else {
+                    &mut self.nodes[i].csi
+                };
                 *slot = Some(new);
             }
         } else if !pod.ready {
@@ -625,7 +718,14 @@ impl Cluster {
         }
     }
 
-    fn daemon_pod(&mut self, kind: &str, node: &str, revision: &str, ready: bool, countdown: u32) -> SimDsPod {
+    fn daemon_pod(
+        &mut self,
+        kind: &str,
+        node: &str,
+        revision: &str,
+        ready: bool,
+        countdown: u32,
+    ) -> SimDsPod {
         self.seq += 1;
         SimDsPod {
             name: format!("{kind}-{node}-{}", self.seq),
