@@ -31,7 +31,7 @@ use crate::crd::{NodeCounts, NodeUsage, SpecialResource, SpecialResourceStatus};
 use crate::group::{self, NodeLabels};
 use crate::labels::{
     COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, FIELD_MANAGER, FINALIZER,
-    MANAGED_BY_LABEL, RELEASE_LABEL, SR_LABEL, UPGRADE_REASON_ANNOTATION,
+    MANAGED_BY_LABEL, RELEASE_LABEL, REVISION_LABEL, SR_LABEL, UPGRADE_REASON_ANNOTATION,
     UPGRADE_SINCE_ANNOTATION, UPGRADE_STATE_LABEL,
 };
 use crate::metrics::Metrics;
@@ -74,6 +74,20 @@ impl Error {
             ),
             _ => false,
         }
+    }
+
+    /// A write lost an optimistic-concurrency race (HTTP 409).
+    pub fn is_conflict(&self) -> bool {
+        let kube_error = match self {
+            Self::Kube(e) => Some(e),
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(Self::Kube(e))
+                | kube::runtime::finalizer::Error::CleanupFailed(Self::Kube(e)) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        };
+        matches!(kube_error, Some(kube::Error::Api(s)) if s.code == 409)
     }
 }
 
@@ -152,6 +166,10 @@ pub async fn run(
 fn error_policy(sr: Arc<SpecialResource>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_waiting() {
         info!(sr = %sr.name_any(), %error, "deleting");
+    } else if error.is_conflict() {
+        // Someone wrote between our read and our write: read again soon.
+        info!(sr = %sr.name_any(), %error, "write conflict; retrying");
+        return Action::requeue(Duration::from_millis(500));
     } else {
         warn!(sr = %sr.name_any(), %error, "reconcile error; retrying");
         ctx.metrics.reconcile_error();
@@ -307,7 +325,12 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         runs_controller,
         csi_driver_owners: &peers,
     })?;
-    apply_desired(sr, ctx, &desired).await?;
+    let running_revisions: BTreeSet<String> = observed
+        .own_pods
+        .iter()
+        .filter_map(|p| p.labels().get(REVISION_LABEL).cloned())
+        .collect();
+    apply_desired(sr, ctx, &desired, &running_revisions).await?;
     for unmapped in &desired.unmapped {
         let known = sr
             .status
@@ -589,12 +612,21 @@ where
     for stale in listed.items.iter().filter(|o| !keep.contains(&o.name_any())) {
         ctx.metrics.write();
         info!(kind = %std::any::type_name::<K>(), name = %stale.name_any(), "deleting object no longer desired");
-        api.delete(&stale.name_any(), &DeleteParams::background()).await?;
+        match api.delete(&stale.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
 
-async fn apply_desired(sr: &SpecialResource, ctx: &Context, d: &Desired) -> Result<(), Error> {
+async fn apply_desired(
+    sr: &SpecialResource,
+    ctx: &Context,
+    d: &Desired,
+    running_revisions: &BTreeSet<String>,
+) -> Result<(), Error> {
     let c = &ctx.client;
     let ns = sr.spec.namespace.as_str();
     let name = sr.name_any();
@@ -606,6 +638,19 @@ async fn apply_desired(sr: &SpecialResource, ctx: &Context, d: &Desired) -> Resu
     let cm = Api::<ConfigMap>::namespaced(c.clone(), ns);
     for o in &d.config_maps {
         ensure(ctx, &cm, o).await?;
+    }
+    // A revision's config stays while a pod of that revision may restart and read it.
+    let listed = cm
+        .list_metadata(&ListParams::default().labels(&format!("{SR_LABEL}={name}")))
+        .await?;
+    let keep: Vec<&ConfigMap> = d.config_maps.iter().collect();
+    let stale = listed.items.iter().filter(|o| {
+        !keep.iter().any(|k| k.name_any() == o.name_any())
+            && !o.labels().get(REVISION_LABEL).is_some_and(|r| running_revisions.contains(r))
+    });
+    for o in stale {
+        ctx.metrics.write();
+        cm.delete(&o.name_any(), &DeleteParams::background()).await?;
     }
     let roles = Api::<ClusterRole>::all(c.clone());
     for o in &d.cluster_roles {
@@ -793,11 +838,16 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         return Err(Error::CleanupWaiting(message));
     }
     delete_objects(sr, ctx, &live).await?;
-    for node in &observed.nodes {
+    let node_api = Api::<Node>::all(ctx.client.clone());
+    for observed_node in &observed.nodes {
+        // Read again: the release label may have been set during this pass.
+        let Some(node) = node_api.get_opt(&observed_node.name_any()).await? else {
+            continue;
+        };
         if live.iter().any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels())) {
             continue;
         }
-        if let Some(patch) = nodes::release_patch(node) {
+        if let Some(patch) = nodes::release_patch(&node) {
             patch_node(ctx, &node.name_any(), &patch).await?;
         }
     }

@@ -454,6 +454,41 @@ fn a_module_swap_waits_for_a_pod_that_lands_on_the_cordoned_node() {
 }
 
 #[test]
+fn a_revision_change_during_validation_swaps_again_without_failing() {
+    // Pods replaced at t=1, the new ones Ready at t=5; the revision moves on at t=3.
+    let faults = Faults {
+        revision_change_at: Some(3),
+        ..Faults::default()
+    };
+    let mut cluster = Cluster::new(
+        vec![NodeSpec::simple(1, 1, 1, 3)],
+        policy(count(1), 1, 1),
+        faults,
+        9,
+    );
+    for _ in 0..3 {
+        cluster.step().unwrap();
+    }
+    assert_eq!(
+        node(&cluster, 0).state,
+        Some(UpgradeState::ValidationRequired)
+    );
+    let plan = cluster.step().unwrap();
+    assert!(
+        matches!(plan.actions.first(), Some(Action::SetState { state: UpgradeState::ModuleSwapRequired, revision, .. }) if revision == "r3"),
+        "{plan:?}"
+    );
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeletePod { .. }))
+    );
+    let (_, steps) = run(&mut cluster, 10, |c| c.nodes[0].upgraded_to("r3"));
+    assert!(cluster.nodes[0].upgraded_to("r3"), "{:?}", cluster.nodes[0]);
+    assert!(steps <= 6);
+}
+
+#[test]
 fn every_prefix_of_every_plan_is_safe() {
     // An operator crash after any action of any pass: the run goes on from what was
     // recorded and still converges without breaking an invariant.

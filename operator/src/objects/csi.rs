@@ -163,10 +163,7 @@ pub(super) fn controller(ctx: &Ctx<'_>) -> Deployment {
             seccomp_profile: hardened().seccomp_profile,
             ..PodSecurityContext::default()
         }),
-        containers: vec![
-            driver_container(ctx, "controller", Vec::new()),
-            provisioner,
-        ],
+        containers: vec![driver_container(ctx, "controller", Vec::new()), provisioner],
         volumes: Some(vec![empty_dir_volume(SOCKET_VOLUME)]),
         ..PodSpec::default()
     };

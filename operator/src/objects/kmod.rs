@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kmod_manager::config::{KmodConfig, ModuleSettings};
 use kmod_manager::kernel::KernelRelease;
-use kmod_manager::mapping::MappingSet;
+use kmod_manager::mapping::{MappingError, MappingSet};
 
 use super::pod::{
     HOST_TO_CONTAINER, KUBELET_DIR, NODE_CRITICAL, config_map_volume, empty_dir_volume, env,
@@ -23,7 +23,7 @@ use super::pod::{
     on_delete_daemon_set, read_only_mount, readiness_tolerations, secret_volume,
 };
 use super::{
-    BuildError, KMOD_COMPONENT, Ctx, KERNEL_HEX, UnmappedKernel, kernel_label_value, short_hash,
+    BuildError, Ctx, KERNEL_HEX, KMOD_COMPONENT, UnmappedKernel, kernel_label_value, short_hash,
 };
 use crate::crd::{KmodSpec, MapVolume};
 use crate::labels::{KERNEL_LABEL, REVISION_LABEL};
@@ -86,10 +86,8 @@ pub fn kmod_config(kmod: &KmodSpec) -> KmodConfig {
 
 pub(super) fn config_map(ctx: &Ctx<'_>) -> Result<ConfigMap, BuildError> {
     let yaml = serde_norway::to_string(&kmod_config(&ctx.spec.kmod)).map_err(BuildError::Config)?;
-    let mut meta = ctx.namespaced_meta(
-        kmod_config_map_name(ctx.name, ctx.revision),
-        KMOD_COMPONENT,
-    );
+    let mut meta =
+        ctx.namespaced_meta(kmod_config_map_name(ctx.name, ctx.revision), KMOD_COMPONENT);
     meta.labels
         .get_or_insert_default()
         .insert(REVISION_LABEL.to_owned(), ctx.revision.to_owned());
@@ -112,16 +110,8 @@ pub(super) fn daemon_sets(
     let mut daemon_sets = Vec::new();
     let mut unmapped = Vec::new();
     for kernel in kernels.iter().collect::<BTreeSet<_>>() {
-        let selected = KernelRelease::parse(kernel)
-            .map_err(|e| format!("kmod.kernelMappings cannot serve kernel {kernel:?}: {e}"))
-            .and_then(|release| {
-                set.select(&release, Some(&kmod.version))
-                    .map_err(|e| format!("kmod.{e}"))
-            });
-        match selected {
-            Ok(selection) => {
-                daemon_sets.push(daemon_set(ctx, &volumes, kernel, &selection.image));
-            }
+        match select_image(&set, &kmod.version, kernel) {
+            Ok(image) => daemon_sets.push(daemon_set(ctx, &volumes, kernel, &image)),
             Err(message) => unmapped.push(UnmappedKernel {
                 kernel: kernel.clone(),
                 message,
@@ -129,6 +119,19 @@ pub(super) fn daemon_sets(
         }
     }
     Ok((daemon_sets, unmapped))
+}
+
+/// The image serving `kernel`, or why there is none (naming `kmod.kernelMappings`).
+fn select_image(set: &MappingSet, version: &str, kernel: &str) -> Result<String, String> {
+    let release = KernelRelease::parse(kernel)
+        .map_err(|e| format!("kmod.kernelMappings cannot serve kernel {kernel:?}: {e}"))?;
+    set.select(&release, Some(version))
+        .map(|selection| selection.image)
+        .map_err(|e| match e {
+            MappingError::NoMatch { .. } => format!("kmod.kernelMappings: {e}"),
+            // The others name `kernelMappings[i]` themselves.
+            _ => format!("kmod.{e}"),
+        })
 }
 
 fn daemon_set(ctx: &Ctx<'_>, volumes: &Volumes, kernel: &str, image: &str) -> DaemonSet {
@@ -231,10 +234,7 @@ struct Volumes {
 impl Volumes {
     fn new(ctx: &Ctx<'_>) -> Result<Self, BuildError> {
         let mut volumes = vec![
-            config_map_volume(
-                CONFIG_VOLUME,
-                &kmod_config_map_name(ctx.name, ctx.revision),
-            ),
+            config_map_volume(CONFIG_VOLUME, &kmod_config_map_name(ctx.name, ctx.revision)),
             empty_dir_volume(RUN_VOLUME),
             host_path_volume(KUBELET_VOLUME, KUBELET_DIR, "Directory"),
         ];
@@ -279,11 +279,7 @@ fn map_volume(map: &MapVolume) -> (Volume, bool) {
 
 /// A map volume may neither reuse the name of one of the container's own volumes nor
 /// mount over, inside or above one of its own mount paths.
-fn check_map_volume(
-    index: usize,
-    map: &MapVolume,
-    own: &[VolumeMount],
-) -> Result<(), BuildError> {
+fn check_map_volume(index: usize, map: &MapVolume, own: &[VolumeMount]) -> Result<(), BuildError> {
     for m in own {
         if map.name == m.name {
             return Err(BuildError::MapVolumeConflict {

@@ -5,10 +5,10 @@
 //! decides *when* a node moves to the new revision: the DaemonSets use `OnDelete`, and
 //! the rollout planner deletes old pods node by node.
 //!
-//! - [`rbac`]: service accounts and least-privilege RBAC (no wildcard anywhere).
-//! - [`kmod`]: kmod-manager's config and one driver-container DaemonSet per kernel.
-//! - [`csi`]: the CSI node plugin, the CSI controller, the CSIDriver, the StorageClass.
-//! - [`pod`]: shapes shared by the pod templates (volumes, probes, tolerations).
+//! - `rbac`: service accounts and least-privilege RBAC (no wildcard anywhere).
+//! - `kmod`: kmod-manager's config and one driver-container DaemonSet per kernel.
+//! - `csi`: the CSI node plugin, the CSI controller, the CSIDriver, the StorageClass.
+//! - `pod`: shapes shared by the pod templates (volumes, probes, tolerations).
 //!
 //! Ownership: every object carries an owner reference to its SR (controller, blocking
 //! deletion) except the Namespace, which may pre-exist and hold the user's ConfigMaps
@@ -166,7 +166,9 @@ pub struct UnmappedKernel {
 /// Why the objects of an SR cannot be built; each names the field to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{which}: metadata.{field} is missing (objects are built from SRs read from the API server)")]
+    #[error(
+        "{which}: metadata.{field} is missing (objects are built from SRs read from the API server)"
+    )]
     MissingMetadata { which: String, field: &'static str },
     #[error(
         "metadata.name {name:?} is {len} characters long: at most {LABEL_MAX} fit in the {SR_LABEL} label of its objects"
@@ -175,7 +177,9 @@ pub enum BuildError {
     /// The mappings do not compile; the message starts with `spec.kmod.kernelMappings[i]`.
     #[error("spec.kmod.{0}")]
     KernelMappings(kmod_manager::mapping::MappingError),
-    #[error("spec.kmod.mapVolumes[{index}].{field} {value:?} collides with the driver container's own {reserved:?}")]
+    #[error(
+        "spec.kmod.mapVolumes[{index}].{field} {value:?} collides with the driver container's own {reserved:?}"
+    )]
     MapVolumeConflict {
         index: usize,
         field: &'static str,
@@ -401,7 +405,10 @@ fn namespace(ctx: &Ctx<'_>) -> Namespace {
             name: Some(ctx.namespace().to_owned()),
             labels: Some(BTreeMap::from([
                 (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-                (POD_SECURITY_ENFORCE_LABEL.to_owned(), "privileged".to_owned()),
+                (
+                    POD_SECURITY_ENFORCE_LABEL.to_owned(),
+                    "privileged".to_owned(),
+                ),
             ])),
             ..ObjectMeta::default()
         },

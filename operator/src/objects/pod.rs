@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Ctx;
-use crate::labels::{KMOD_READINESS_TAINT, READINESS_TAINT, REVISION_LABEL};
+use crate::labels::{KMOD_READINESS_TAINT, READINESS_TAINT, RELEASE_LABEL, REVISION_LABEL};
 
 /// Kubelet's root directory on every node.
 pub(super) const KUBELET_DIR: &str = "/var/lib/kubelet";
@@ -169,8 +169,9 @@ pub(super) fn on_delete_daemon_set(
     name: String,
     component: &str,
     extra: &BTreeMap<String, String>,
-    spec: PodSpec,
+    mut spec: PodSpec,
 ) -> DaemonSet {
+    spec.affinity = Some(not_released());
     let mut selector = ctx.selector(component);
     selector.extend(extra.clone());
     let mut labels = ctx.labels(component);
@@ -188,6 +189,28 @@ pub(super) fn on_delete_daemon_set(
             ..DaemonSetSpec::default()
         },
         status: None,
+    }
+}
+
+/// Pods run only on nodes the operator has not released: deleting an SR sets the
+/// release label node by node, as each node's guard allows, and the DaemonSet
+/// controller then removes the module pod from that node alone.
+fn not_released() -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: RELEASE_LABEL.to_owned(),
+                        operator: "DoesNotExist".to_owned(),
+                        values: None,
+                    }]),
+                    match_fields: None,
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
     }
 }
 

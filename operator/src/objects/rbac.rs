@@ -14,7 +14,7 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 
-use super::{CSI_CONTROLLER_COMPONENT, CSI_NODE_COMPONENT, KMOD_COMPONENT, Ctx};
+use super::{CSI_CONTROLLER_COMPONENT, CSI_NODE_COMPONENT, Ctx, KMOD_COMPONENT};
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 const CORE: &str = "";
@@ -147,10 +147,7 @@ pub(super) fn role_bindings(ctx: &Ctx<'_>) -> Vec<RoleBinding> {
     vec![RoleBinding {
         metadata: ctx.namespaced_meta(name.clone(), CSI_CONTROLLER_COMPONENT),
         role_ref: role_ref("Role", name),
-        subjects: Some(vec![service_account_subject(
-            ctx,
-            CSI_CONTROLLER_COMPONENT,
-        )]),
+        subjects: Some(vec![service_account_subject(ctx, CSI_CONTROLLER_COMPONENT)]),
     }]
 }
 

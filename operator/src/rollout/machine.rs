@@ -111,14 +111,14 @@ impl<'a> Walk<'a> {
     }
 
     fn run(mut self) -> Outcome {
-        if self.out.state.is_some_and(UpgradeState::is_in_progress) && self.since.is_none() {
+        if let Some(state) = self.out.state.filter(|s| s.is_in_progress())
+            && self.since.is_none()
+        {
             // Without a start time the phase could never time out: restart its clock.
-            if let Some(state) = self.out.state {
-                self.set(
-                    state,
-                    format!("{state}: recorded start time missing, clock restarted"),
-                );
-            }
+            self.set(
+                state,
+                format!("{state}: recorded start time missing, clock restarted"),
+            );
         }
         for _ in 0..MAX_STEPS {
             match self.step() {
@@ -236,8 +236,9 @@ impl<'a> Walk<'a> {
             );
         }
         let live = old.iter().filter(|p| !p.terminating);
-        if self.node.unschedulable && self.unused() {
-            // The safety gate: re-checked on this pass's observation, never assumed.
+        if self.node.ready && self.node.unschedulable && self.unused() {
+            // The safety gate, on this pass's observation: a cordon planned in this
+            // pass does not count until it is seen.
             for pod in live {
                 let (node, pod) = (self.node.name.clone(), pod.name.clone());
                 self.out.actions.push(Action::DeletePod { node, pod });
@@ -385,7 +386,7 @@ impl<'a> Walk<'a> {
     /// No pod uses the driver's volumes (terminating ones included) and none is
     /// published, as far as the node reports.
     fn unused(&self) -> bool {
-        self.node.afs_pods.iter().all(|p| p.terminating)
+        self.node.afs_pods.is_empty() && self.node.published_volumes.unwrap_or(0) == 0
     }
 
     fn old_pods(&self) -> impl Iterator<Item = &'a PodView> + use<'a> {

@@ -123,8 +123,8 @@ pub struct Faults {
     pub stuck_pod: f64,
     /// The operator restarts mid-plan: only a random prefix of the plan is executed.
     pub restart: f64,
-    /// `spec.rollout.paused` flips.
-    pub pause_toggle: f64,
+    /// The rollout is paused (for 10 ticks on average).
+    pub pause: f64,
     /// A pod using the driver's volumes appears on a Ready node, cordoned or not
     /// (tolerations, static pods): the swap gate must notice.
     pub stray_pod: f64,
@@ -144,7 +144,7 @@ impl Faults {
             pdb_refusal: rate * 2.0,
             stuck_pod: rate * 0.2,
             restart: rate * 2.0,
-            pause_toggle: rate * 0.5,
+            pause: rate * 0.5,
             stray_pod: rate,
             lingering_mount: rate * 2.0,
             admin_cordon: rate * 0.05,
@@ -325,7 +325,10 @@ pub struct Cluster {
     daemonset_revision: String,
     now: i64,
     policy: Policy,
+    /// `spec.rollout.paused` as set by the user ([`Cluster::set_paused`]).
     paused: bool,
+    /// A pause drawn by [`Faults::pause`], on top of the user's.
+    fault_pause: bool,
     faults: Faults,
     faults_on: bool,
     rng: XorShift,
@@ -343,6 +346,7 @@ impl Cluster {
             daemonset_revision: NEW_REVISION.to_owned(),
             now: 0,
             paused: policy.paused,
+            fault_pause: false,
             policy,
             faults,
             faults_on: true,
@@ -404,7 +408,7 @@ impl Cluster {
     }
 
     pub fn paused(&self) -> bool {
-        self.paused
+        self.paused || self.fault_pause
     }
 
     /// Flips `spec.rollout.paused` as a user would.
@@ -419,7 +423,7 @@ impl Cluster {
     /// The policy the operator sees now (`paused` may have been flipped by a fault).
     pub fn policy(&self) -> Policy {
         Policy {
-            paused: self.paused,
+            paused: self.paused(),
             ..self.policy.clone()
         }
     }
@@ -452,7 +456,7 @@ impl Cluster {
     /// Stops drawing faults; stuck pods finish terminating and the rollout is resumed.
     pub fn clear_faults(&mut self) {
         self.faults_on = false;
-        self.paused = self.policy.paused;
+        self.fault_pause = false;
         for pod in self.nodes.iter_mut().flat_map(|n| n.afs.iter_mut()) {
             if pod.stuck {
                 pod.stuck = false;
@@ -579,7 +583,7 @@ impl Cluster {
     ) -> Result<(), Violation> {
         let now = self.now;
         if !was_in_progress && self.nodes[i].in_progress() {
-            if self.paused {
+            if self.paused() {
                 return Err(Violation::StartedWhilePaused {
                     now,
                     action: action.clone(),
@@ -653,8 +657,10 @@ impl Cluster {
             NEXT_REVISION.clone_into(&mut self.desired);
             NEXT_REVISION.clone_into(&mut self.daemonset_revision);
         }
-        if self.rng.chance(f.pause_toggle) {
-            self.paused = !self.paused;
+        // Pauses start at the fault rate and last 10 ticks on average.
+        let flip = if self.fault_pause { 0.1 } else { f.pause };
+        if self.rng.chance(flip) {
+            self.fault_pause = !self.fault_pause;
         }
         for node in &mut self.nodes {
             if node.ready && self.rng.chance(f.not_ready) {
