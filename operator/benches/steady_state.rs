@@ -22,10 +22,17 @@ const SRS: &str = "/apis/afs.csi.auristor.com/v1alpha1/specialresources";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let nodes: usize = std::env::var("NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+    let nodes: usize = std::env::var("NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
     let api = FakeApi::default();
     let mut writer = Writer::<SpecialResource>::default();
-    let ctx = Arc::new(Context::new(api.client(), Arc::new(Metrics::default()), writer.as_reader()));
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        Arc::new(Metrics::default()),
+        writer.as_reader(),
+    ));
     api.put(SRS, json!({
         "apiVersion": "afs.csi.auristor.com/v1alpha1", "kind": "SpecialResource",
         "metadata": {"name": "bench", "generation": 1},
@@ -45,7 +52,8 @@ async fn main() {
             "metadata": {"name": name}, "spec": {"drivers": [{"name": "auristorfs.csi.auristor.com", "nodeID": name}]}}));
     }
     let run = |writer: &mut Writer<SpecialResource>| {
-        let sr: SpecialResource = serde_json::from_value(api.get(SRS, "", "bench").unwrap()).unwrap();
+        let sr: SpecialResource =
+            serde_json::from_value(api.get(SRS, "", "bench").unwrap()).unwrap();
         writer.apply_watcher_event(&watcher::Event::Apply(sr.clone()));
         reconcile(Arc::new(sr), ctx.clone())
     };
@@ -74,7 +82,14 @@ async fn main() {
         run(&mut writer).await.unwrap();
     }
     let elapsed = started.elapsed();
-    let reads = api.state.lock().unwrap().requests.iter().filter(|(m, _)| m == http::Method::GET).count();
+    let reads = api
+        .state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|(m, _)| m == http::Method::GET)
+        .count();
     let writes = api.take_writes();
     println!(
         "steady-state reconcile, {nodes} nodes: {} write requests in {rounds} reconciles, {} reads each, {:.2} ms each (in-memory API server)",

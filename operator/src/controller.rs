@@ -30,9 +30,9 @@ use tracing::{info, instrument, warn};
 use crate::crd::{NodeCounts, NodeUsage, SpecialResource, SpecialResourceStatus};
 use crate::group::{self, NodeLabels};
 use crate::labels::{
-    COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, FIELD_MANAGER, FINALIZER,
-    MANAGED_BY_LABEL, RELEASE_LABEL, REVISION_LABEL, SR_LABEL, UPGRADE_REASON_ANNOTATION,
-    UPGRADE_SINCE_ANNOTATION, UPGRADE_STATE_LABEL,
+    COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL,
+    RELEASE_LABEL, REVISION_LABEL, SR_LABEL, UPGRADE_REASON_ANNOTATION, UPGRADE_SINCE_ANNOTATION,
+    UPGRADE_STATE_LABEL,
 };
 use crate::metrics::Metrics;
 use crate::objects::{self, Desired, Inputs};
@@ -289,7 +289,13 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let overlap_message = overlaps
         .iter()
-        .map(|o| format!("shares nodes {} with SpecialResource {}", o.nodes.join(", "), o.other))
+        .map(|o| {
+            format!(
+                "shares nodes {} with SpecialResource {}",
+                o.nodes.join(", "),
+                o.other
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ");
     if overlaps.iter().any(|o| o.other_is_older) {
@@ -301,7 +307,12 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         };
         let verdicts = [
             Verdict::new(READY, false, "NodeGroupOverlap", overlap_message.clone()),
-            Verdict::new(PROGRESSING, false, "NodeGroupOverlap", "refused: nothing is deployed"),
+            Verdict::new(
+                PROGRESSING,
+                false,
+                "NodeGroupOverlap",
+                "refused: nothing is deployed",
+            ),
             Verdict::new(DEGRADED, true, "NodeGroupOverlap", overlap_message),
         ];
         write_status(sr, ctx, status, &verdicts).await?;
@@ -332,10 +343,11 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .collect();
     apply_desired(sr, ctx, &desired, &running_revisions).await?;
     for unmapped in &desired.unmapped {
-        let known = sr
-            .status
-            .as_ref()
-            .is_some_and(|s| s.kernels.iter().any(|k| k.kernel == unmapped.kernel && k.image.is_none()));
+        let known = sr.status.as_ref().is_some_and(|s| {
+            s.kernels
+                .iter()
+                .any(|k| k.kernel == unmapped.kernel && k.image.is_none())
+        });
         if !known {
             warn_event(ctx, sr, "KernelWithoutMapping", &unmapped.message).await;
         }
@@ -348,9 +360,16 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     let driver = sr.spec.csi.driver_name.as_str();
     let mut views = Vec::new();
     let mut serving_nodes = 0;
-    for node in observed.nodes.iter().filter(|n| !shared.contains(n.name_any().as_str())) {
+    for node in observed
+        .nodes
+        .iter()
+        .filter(|n| !shared.contains(n.name_any().as_str()))
+    {
         let node_name = node.name_any();
-        let mine = own.get(node_name.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let mine = own
+            .get(node_name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let current = |c: &str| {
             mine.iter()
                 .copied()
@@ -367,17 +386,26 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
                 .map(Vec::as_slice)
                 .unwrap_or_default()
                 .iter()
-                .map(|p| (*p, non_interrupt.is_some_and(|s| rollout::matches_selector(s, p.labels()))))
+                .map(|p| {
+                    (
+                        *p,
+                        non_interrupt.is_some_and(|s| rollout::matches_selector(s, p.labels())),
+                    )
+                })
                 .collect(),
-            csi_node: observed.csi_nodes.iter().find(|c| c.name_any() == node_name),
+            csi_node: observed
+                .csi_nodes
+                .iter()
+                .find(|c| c.name_any() == node_name),
             driver,
         };
         let view = observe::node_view(&facts);
         let serving = view.module_ready
             && view.driver_registered
-            && [&view.kmod_pod, &view.csi_pod]
-                .iter()
-                .all(|p| p.as_ref().is_some_and(|p| p.ready && p.revision.as_deref() == Some(&revision)));
+            && [&view.kmod_pod, &view.csi_pod].iter().all(|p| {
+                p.as_ref()
+                    .is_some_and(|p| p.ready && p.revision.as_deref() == Some(&revision))
+            });
         let kernel_label = observe::node_kernel(node).map(objects::kernel_label_value);
         serving_nodes += u32::from(serving);
         if let Some(patch) = nodes::node_patch(node, kernel_label.as_deref(), !serving) {
@@ -409,7 +437,11 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .filter(|n| n.state.is_some_and(UpgradeState::is_in_progress) && !n.afs_pods.is_empty())
         .map(|n| NodeUsage {
             node: n.name.clone(),
-            pods: n.afs_pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+            pods: n
+                .afs_pods
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect(),
         })
         .collect();
     let (verdicts, state) = verdicts(sr, &counts, &plan, &failed, &overlap_message, &desired);
@@ -425,7 +457,11 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     };
     write_status(sr, ctx, status, &verdicts).await?;
     let settled = counts.ready == counts.total && plan.actions.is_empty();
-    Ok(Action::requeue(if settled { IDLE_REQUEUE } else { BUSY_REQUEUE }))
+    Ok(Action::requeue(if settled {
+        IDLE_REQUEUE
+    } else {
+        BUSY_REQUEUE
+    }))
 }
 
 fn group_string(sr: &SpecialResource) -> String {
@@ -473,7 +509,11 @@ fn verdicts(
     let ready = counts.total > 0 && counts.ready == counts.total;
     let mut problems: Vec<String> = desired.unmapped.iter().map(|u| u.message.clone()).collect();
     if counts.failed > 0 {
-        problems.push(format!("{} node(s) failed their upgrade: {}", counts.failed, failed.join(", ")));
+        problems.push(format!(
+            "{} node(s) failed their upgrade: {}",
+            counts.failed,
+            failed.join(", ")
+        ));
     }
     if !overlap.is_empty() {
         problems.push(overlap.to_owned());
@@ -506,7 +546,12 @@ fn verdicts(
             if problems.is_empty() {
                 Verdict::new(DEGRADED, false, "AsExpected", "")
             } else {
-                Verdict::new(DEGRADED, true, degraded_reason(desired, counts, overlap), problems.join("; "))
+                Verdict::new(
+                    DEGRADED,
+                    true,
+                    degraded_reason(desired, counts, overlap),
+                    problems.join("; "),
+                )
             },
         ],
         state,
@@ -575,7 +620,11 @@ async fn warn_event(ctx: &Context, sr: &SpecialResource, reason: &str, note: &st
 async fn patch_node(ctx: &Context, node: &str, patch: &serde_json::Value) -> Result<(), Error> {
     ctx.metrics.write();
     Api::<Node>::all(ctx.client.clone())
-        .patch(node, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
+        .patch(
+            node,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Merge(patch),
+        )
         .await?;
     Ok(())
 }
@@ -585,7 +634,11 @@ async fn ensure<K>(ctx: &Context, api: &Api<K>, desired: &K) -> Result<(), Error
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
-    let name = desired.meta().name.clone().ok_or(Error::Unnamed(std::any::type_name::<K>()))?;
+    let name = desired
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::Unnamed(std::any::type_name::<K>()))?;
     if let Some(live) = api.get_opt(&name).await? {
         let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
         let have = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
@@ -594,8 +647,12 @@ where
         }
     }
     ctx.metrics.write();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired))
-        .await?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(desired),
+    )
+    .await?;
     Ok(())
 }
 
@@ -609,10 +666,17 @@ where
         .list_metadata(&ListParams::default().labels(&format!("{SR_LABEL}={sr}")))
         .await
         .or_else(not_found_is_empty)?;
-    for stale in listed.items.iter().filter(|o| !keep.contains(&o.name_any())) {
+    for stale in listed
+        .items
+        .iter()
+        .filter(|o| !keep.contains(&o.name_any()))
+    {
         ctx.metrics.write();
         info!(kind = %std::any::type_name::<K>(), name = %stale.name_any(), "deleting object no longer desired");
-        match api.delete(&stale.name_any(), &DeleteParams::background()).await {
+        match api
+            .delete(&stale.name_any(), &DeleteParams::background())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -646,22 +710,38 @@ async fn apply_desired(
     let keep: Vec<&ConfigMap> = d.config_maps.iter().collect();
     let stale = listed.items.iter().filter(|o| {
         !keep.iter().any(|k| k.name_any() == o.name_any())
-            && !o.labels().get(REVISION_LABEL).is_some_and(|r| running_revisions.contains(r))
+            && !o
+                .labels()
+                .get(REVISION_LABEL)
+                .is_some_and(|r| running_revisions.contains(r))
     });
     for o in stale {
         ctx.metrics.write();
-        cm.delete(&o.name_any(), &DeleteParams::background()).await?;
+        cm.delete(&o.name_any(), &DeleteParams::background())
+            .await?;
     }
     let roles = Api::<ClusterRole>::all(c.clone());
     for o in &d.cluster_roles {
         ensure(ctx, &roles, o).await?;
     }
-    prune(ctx, &roles, &name, &d.cluster_roles.iter().collect::<Vec<_>>()).await?;
+    prune(
+        ctx,
+        &roles,
+        &name,
+        &d.cluster_roles.iter().collect::<Vec<_>>(),
+    )
+    .await?;
     let bindings = Api::<ClusterRoleBinding>::all(c.clone());
     for o in &d.cluster_role_bindings {
         ensure(ctx, &bindings, o).await?;
     }
-    prune(ctx, &bindings, &name, &d.cluster_role_bindings.iter().collect::<Vec<_>>()).await?;
+    prune(
+        ctx,
+        &bindings,
+        &name,
+        &d.cluster_role_bindings.iter().collect::<Vec<_>>(),
+    )
+    .await?;
     let roles = Api::<Role>::namespaced(c.clone(), ns);
     for o in &d.roles {
         ensure(ctx, &roles, o).await?;
@@ -671,24 +751,46 @@ async fn apply_desired(
     for o in &d.role_bindings {
         ensure(ctx, &bindings, o).await?;
     }
-    prune(ctx, &bindings, &name, &d.role_bindings.iter().collect::<Vec<_>>()).await?;
+    prune(
+        ctx,
+        &bindings,
+        &name,
+        &d.role_bindings.iter().collect::<Vec<_>>(),
+    )
+    .await?;
     ensure(ctx, &Api::<CSIDriver>::all(c.clone()), &d.csi_driver).await?;
     let daemon_sets = Api::<DaemonSet>::namespaced(c.clone(), ns);
     for o in d.kmod_daemon_sets.iter().chain([&d.csi_node_daemon_set]) {
         ensure(ctx, &daemon_sets, o).await?;
     }
-    let keep: Vec<&DaemonSet> = d.kmod_daemon_sets.iter().chain([&d.csi_node_daemon_set]).collect();
+    let keep: Vec<&DaemonSet> = d
+        .kmod_daemon_sets
+        .iter()
+        .chain([&d.csi_node_daemon_set])
+        .collect();
     prune(ctx, &daemon_sets, &name, &keep).await?;
     let deployments = Api::<Deployment>::namespaced(c.clone(), ns);
     if let Some(o) = &d.csi_controller {
         ensure(ctx, &deployments, o).await?;
     }
-    prune(ctx, &deployments, &name, &d.csi_controller.iter().collect::<Vec<_>>()).await?;
+    prune(
+        ctx,
+        &deployments,
+        &name,
+        &d.csi_controller.iter().collect::<Vec<_>>(),
+    )
+    .await?;
     let classes = Api::<StorageClass>::all(c.clone());
     if let Some(o) = &d.storage_class {
         ensure(ctx, &classes, o).await?;
     }
-    prune(ctx, &classes, &name, &d.storage_class.iter().collect::<Vec<_>>()).await?;
+    prune(
+        ctx,
+        &classes,
+        &name,
+        &d.storage_class.iter().collect::<Vec<_>>(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -721,8 +823,17 @@ async fn execute(
                 patch_node(ctx, node, &patch).await?;
             }
             rollout::Action::Cordon { node } => {
+                // Read again and write with its resourceVersion: if an admin cordoned
+                // the node meanwhile, it stays theirs (never marked as ours).
+                let live = Api::<Node>::all(ctx.client.clone()).get(node).await?;
+                if observe::unschedulable(&live) {
+                    continue;
+                }
                 let patch = json!({
-                    "metadata": {"annotations": {CORDONED_BY_OPERATOR_ANNOTATION: "true"}},
+                    "metadata": {
+                        "resourceVersion": live.metadata.resource_version,
+                        "annotations": {CORDONED_BY_OPERATOR_ANNOTATION: "true"},
+                    },
                     "spec": {"unschedulable": true},
                 });
                 patch_node(ctx, node, &patch).await?;
@@ -745,7 +856,10 @@ async fn execute(
                     ..Default::default()
                 };
                 ctx.metrics.write();
-                match Api::<Pod>::namespaced(ctx.client.clone(), namespace).evict(pod, &params).await {
+                match Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+                    .evict(pod, &params)
+                    .await
+                {
                     Ok(_) => {}
                     // A PodDisruptionBudget says not now: the phase timeout decides.
                     Err(kube::Error::Api(e)) if e.code == 429 || e.code == 404 => {
@@ -779,7 +893,10 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     for node in &observed.nodes {
         let node_name = node.name_any();
         // A node that another (live) SR also selects is not ours to release.
-        if live.iter().any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels())) {
+        if live
+            .iter()
+            .any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels()))
+        {
             continue;
         }
         let pods: Vec<String> = users
@@ -800,11 +917,19 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .published_volumes
         .unwrap_or(0);
         if !pods.is_empty() || published > 0 {
-            in_use.push(NodeUsage { node: node_name, pods });
+            in_use.push(NodeUsage {
+                node: node_name,
+                pods,
+            });
             continue;
         }
         if node.labels().get(RELEASE_LABEL) != Some(&name) {
-            patch_node(ctx, &node_name, &json!({"metadata": {"labels": {RELEASE_LABEL: name}}})).await?;
+            patch_node(
+                ctx,
+                &node_name,
+                &json!({"metadata": {"labels": {RELEASE_LABEL: name}}}),
+            )
+            .await?;
         }
     }
     let module_pods: Vec<&Pod> = observed
@@ -819,7 +944,17 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         } else {
             in_use
                 .iter()
-                .map(|u| format!("{}: {}", u.node, if u.pods.is_empty() { "volumes still published".to_owned() } else { u.pods.join(", ") }))
+                .map(|u| {
+                    format!(
+                        "{}: {}",
+                        u.node,
+                        if u.pods.is_empty() {
+                            "volumes still published".to_owned()
+                        } else {
+                            u.pods.join(", ")
+                        }
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         };
@@ -831,7 +966,12 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         };
         let verdicts = [
             Verdict::new(READY, false, "Deleting", message.clone()),
-            Verdict::new(PROGRESSING, true, "Deleting", format!("{} module pod(s) left", module_pods.len())),
+            Verdict::new(
+                PROGRESSING,
+                true,
+                "Deleting",
+                format!("{} module pod(s) left", module_pods.len()),
+            ),
             Verdict::new(DEGRADED, false, "Deleting", message.clone()),
         ];
         write_status(sr, ctx, status, &verdicts).await?;
@@ -844,7 +984,10 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         let Some(node) = node_api.get_opt(&observed_node.name_any()).await? else {
             continue;
         };
-        if live.iter().any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels())) {
+        if live
+            .iter()
+            .any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels()))
+        {
             continue;
         }
         if let Some(patch) = nodes::release_patch(&node) {
@@ -855,7 +998,11 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-async fn delete_objects(sr: &SpecialResource, ctx: &Context, live: &[&SpecialResource]) -> Result<(), Error> {
+async fn delete_objects(
+    sr: &SpecialResource,
+    ctx: &Context,
+    live: &[&SpecialResource],
+) -> Result<(), Error> {
     let c = &ctx.client;
     let ns = sr.spec.namespace.as_str();
     let name = sr.name_any();
@@ -870,9 +1017,14 @@ async fn delete_objects(sr: &SpecialResource, ctx: &Context, live: &[&SpecialRes
     prune::<ServiceAccount>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
     // The CSIDriver is shared: it goes with the last SR of its driver name.
     let driver = &sr.spec.csi.driver_name;
-    if !live.iter().any(|o| o.name_any() != name && &o.spec.csi.driver_name == driver) {
+    if !live
+        .iter()
+        .any(|o| o.name_any() != name && &o.spec.csi.driver_name == driver)
+    {
         let api = Api::<CSIDriver>::all(c.clone());
-        if api.get_opt(driver).await?.is_some_and(|d| d.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER)) {
+        if api.get_opt(driver).await?.is_some_and(|d| {
+            d.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER)
+        }) {
             ctx.metrics.write();
             api.delete(driver, &DeleteParams::background()).await?;
         }

@@ -21,19 +21,23 @@ pub const API_GROUP: &str = "afs.csi.auristor.com";
 pub const DEFAULT_DRIVER_NAME: &str = "auristorfs.csi.auristor.com";
 
 /// Semantic version 2.0 without a leading `v` (build metadata allowed).
-const SEMVER: &str = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$";
+const SEMVER: &str =
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$";
 /// A DNS-1123 label (namespace names).
 const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A DNS-1123 subdomain (CSI driver names, object names).
 const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// An image reference without tag or digest: `registry[:port]/path`.
-const IMAGE_REPOSITORY: &str = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$";
+const IMAGE_REPOSITORY: &str =
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$";
 /// A full image reference with a tag or digest.
 const IMAGE_REFERENCE: &str = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127}|@sha256:[a-f0-9]{64})$";
 /// An absolute path without `..` components, NUL or newlines.
 const ABSOLUTE_PATH: &str = r"^/([^/\x00\n]+/?)*$";
 
 /// Where the AFS kernel module and CSI driver go, and how new versions roll out.
+// Printer columns repeat `type_ = "string"`, which this lint takes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "afs.csi.auristor.com",
@@ -49,7 +53,11 @@ const ABSOLUTE_PATH: &str = r"^/([^/\x00\n]+/?)*$";
     printcolumn(name = "CSI", type_ = "string", json_path = ".spec.csi.version"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyNodes"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpecialResourceSpec {
@@ -84,7 +92,10 @@ pub struct KmodSpec {
     pub kernel_mappings: Vec<KernelMapping>,
     /// Parameters passed to the module (`key=value`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9_.-]+(=[^\s]*)?$")))]
+    #[schemars(
+        length(max = 32),
+        inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9_.-]+(=[^\s]*)?$"))
+    )]
     pub parameters: Vec<String>,
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
@@ -100,7 +111,10 @@ pub struct KmodSpec {
     pub map_volumes: Vec<MapVolume>,
     /// Filesystem types whose mounts keep the module in use.
     #[serde(default = "default_in_use_filesystems")]
-    #[schemars(length(min = 1, max = 8), inner(regex(pattern = r"^[a-z0-9_.]{1,32}$")))]
+    #[schemars(
+        length(min = 1, max = 8),
+        inner(regex(pattern = r"^[a-z0-9_.]{1,32}$"))
+    )]
     pub in_use_filesystems: Vec<String>,
 }
 
@@ -207,7 +221,10 @@ pub struct CsiSpec {
     /// Mount options of provisioned volumes, e.g.
     /// `context=system_u:object_r:container_file_t:s0` for SELinux.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(min = 1, max = 256), regex(pattern = r"^[^\s,]+$")))]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 1, max = 256), regex(pattern = r"^[^\s,]+$"))
+    )]
     pub mount_options: Vec<String>,
     #[serde(default)]
     pub log_level: LogLevel,

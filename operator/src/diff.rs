@@ -51,9 +51,18 @@ mod tests {
     #[test]
     fn changed_or_missing_values_are() {
         let live = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}], "n": 1}});
-        assert!(!is_subset(&json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}}), &live));
-        assert!(!is_subset(&json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}), &live));
+        assert!(!is_subset(
+            &json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}}),
+            &live
+        ));
+        assert!(!is_subset(
+            &json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}),
+            &live
+        ));
         assert!(!is_subset(&json!({"spec": {"hostNetwork": true}}), &live));
-        assert!(is_subset(&json!({"spec": {"n": 1.0, "tolerations": [], "x": null, "b": false}}), &live));
+        assert!(is_subset(
+            &json!({"spec": {"n": 1.0, "tolerations": [], "x": null, "b": false}}),
+            &live
+        ));
     }
 }

@@ -20,15 +20,21 @@ pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, St
 }
 
 /// SRs still alive (not being deleted), oldest first: creation time, then name.
-pub fn live_by_age<'a>(all: &'a [std::sync::Arc<SpecialResource>]) -> Vec<&'a SpecialResource> {
+pub fn live_by_age(all: &[std::sync::Arc<SpecialResource>]) -> Vec<&SpecialResource> {
     let mut live: Vec<&SpecialResource> = all
         .iter()
         .map(|sr| sr.as_ref())
         .filter(|sr| sr.metadata.deletion_timestamp.is_none())
         .collect();
     live.sort_by(|a, b| {
-        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
-            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+        (
+            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            a.name_any(),
+        )
+            .cmp(&(
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                b.name_any(),
+            ))
     });
     live
 }
@@ -44,7 +50,11 @@ pub struct Overlap {
 
 /// Every live SR whose selector also takes one of `nodes` (our group's nodes).
 /// `live` is oldest first (see [`live_by_age`]).
-pub fn overlaps(ours: &SpecialResource, live: &[&SpecialResource], nodes: &[NodeLabels<'_>]) -> Vec<Overlap> {
+pub fn overlaps(
+    ours: &SpecialResource,
+    live: &[&SpecialResource],
+    nodes: &[NodeLabels<'_>],
+) -> Vec<Overlap> {
     let our_name = ours.name_any();
     let our_rank = live.iter().position(|sr| sr.name_any() == our_name);
     live.iter()
@@ -67,7 +77,10 @@ pub fn overlaps(ours: &SpecialResource, live: &[&SpecialResource], nodes: &[Node
 
 /// SRs sharing our CSI driver name (ours included when live), oldest first. The first
 /// runs the driver's single controller; all of them own the shared CSIDriver.
-pub fn driver_peers<'a>(ours: &SpecialResource, live: &[&'a SpecialResource]) -> Vec<&'a SpecialResource> {
+pub fn driver_peers<'a>(
+    ours: &SpecialResource,
+    live: &[&'a SpecialResource],
+) -> Vec<&'a SpecialResource> {
     live.iter()
         .copied()
         .filter(|sr| sr.spec.csi.driver_name == ours.spec.csi.driver_name)
@@ -103,23 +116,60 @@ mod tests {
 
     #[test]
     fn overlap_names_the_other_sr_the_shared_nodes_and_who_is_older() {
-        let all = [sr("b", 20, "g1", "d"), sr("a", 10, "g1", "d"), sr("c", 30, "g2", "d")];
+        let all = [
+            sr("b", 20, "g1", "d"),
+            sr("a", 10, "g1", "d"),
+            sr("c", 30, "g2", "d"),
+        ];
         let live = live_by_age(&all);
-        assert_eq!(live.iter().map(|s| s.name_any()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            live.iter().map(|s| s.name_any()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         let (l1, l2) = (labels("g1"), labels("g2"));
-        let nodes = [NodeLabels { name: "n1", labels: &l1 }, NodeLabels { name: "n2", labels: &l2 }];
+        let nodes = [
+            NodeLabels {
+                name: "n1",
+                labels: &l1,
+            },
+            NodeLabels {
+                name: "n2",
+                labels: &l2,
+            },
+        ];
         let b = overlaps(&all[0], &live, &nodes[..1]);
-        assert_eq!(b, [Overlap { other: "a".into(), other_is_older: true, nodes: vec!["n1".into()] }]);
+        assert_eq!(
+            b,
+            [Overlap {
+                other: "a".into(),
+                other_is_older: true,
+                nodes: vec!["n1".into()]
+            }]
+        );
         let a = overlaps(&all[1], &live, &nodes[..1]);
-        assert_eq!(a, [Overlap { other: "b".into(), other_is_older: false, nodes: vec!["n1".into()] }]);
+        assert_eq!(
+            a,
+            [Overlap {
+                other: "b".into(),
+                other_is_older: false,
+                nodes: vec!["n1".into()]
+            }]
+        );
         assert!(overlaps(&all[2], &live, &nodes[1..]).is_empty());
     }
 
     #[test]
     fn the_oldest_sr_of_a_driver_runs_its_controller() {
-        let all = [sr("b", 20, "g1", "d"), sr("a", 10, "g2", "other"), sr("c", 5, "g3", "d")];
+        let all = [
+            sr("b", 20, "g1", "d"),
+            sr("a", 10, "g2", "other"),
+            sr("c", 5, "g3", "d"),
+        ];
         let live = live_by_age(&all);
         let peers = driver_peers(&all[0], &live);
-        assert_eq!(peers.iter().map(|s| s.name_any()).collect::<Vec<_>>(), ["c", "b"]);
+        assert_eq!(
+            peers.iter().map(|s| s.name_any()).collect::<Vec<_>>(),
+            ["c", "b"]
+        );
     }
 }

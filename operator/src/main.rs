@@ -11,7 +11,11 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "afs-operator", version)]
 struct Args {
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "AFS_OPERATOR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "AFS_OPERATOR_METRICS_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
     metrics_address: SocketAddr,
     /// Log as JSON lines.
     #[arg(long, env = "AFS_OPERATOR_LOG_JSON")]
@@ -23,7 +27,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if args.log_json { logs.json().init() } else { logs.init() }
+    if args.log_json {
+        logs.json().init()
+    } else {
+        logs.init()
+    }
 
     let client = kube::Client::try_default().await?;
     let mut registry = Registry::default();
@@ -35,12 +43,23 @@ async fn main() -> anyhow::Result<()> {
     };
     let http = afs_operator::http::serve(args.metrics_address, Arc::new(registry), until_stopped());
     let controller = afs_operator::controller::run(client, metrics, until_stopped());
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let signals = async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
         let _ = stop.send(true);
         Ok::<_, std::io::Error>(())
     };
-    tokio::try_join!(http, async { controller.await; Ok(()) }, signals)?;
+    tokio::try_join!(
+        http,
+        async {
+            controller.await;
+            Ok(())
+        },
+        signals
+    )?;
     Ok(())
 }
 

@@ -42,8 +42,16 @@ impl Drop for ReconcileTimer<'_> {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("afs_operator_reconciles", "Reconciles started", m.reconciles.clone());
-        registry.register("afs_operator_reconcile_failures", "Reconciles that failed", m.failures.clone());
+        registry.register(
+            "afs_operator_reconciles",
+            "Reconciles started",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "afs_operator_reconcile_failures",
+            "Reconciles that failed",
+            m.failures.clone(),
+        );
         registry.register(
             "afs_operator_write_requests",
             "API write requests (apply, patch, delete, evict, event)",

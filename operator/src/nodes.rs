@@ -87,7 +87,10 @@ mod tests {
     fn steady_state_needs_no_patch() {
         let n = node(json!({KERNEL_LABEL: "6.1.0"}), json!([]));
         assert_eq!(node_patch(&n, Some("6.1.0"), false), None);
-        let n = node(json!({KERNEL_LABEL: "6.1.0"}), json!([{"key": READINESS_TAINT, "effect": "NoSchedule"}]));
+        let n = node(
+            json!({KERNEL_LABEL: "6.1.0"}),
+            json!([{"key": READINESS_TAINT, "effect": "NoSchedule"}]),
+        );
         assert_eq!(node_patch(&n, Some("6.1.0"), true), None);
     }
 
@@ -110,12 +113,31 @@ mod tests {
             json!([{"key": "other", "effect": "NoExecute"}, {"key": KMOD_READINESS_TAINT, "effect": "NoSchedule"}]),
         );
         let p = release_patch(&n).expect("patch");
-        assert_eq!(p["metadata"]["labels"], json!({KERNEL_LABEL: null, "afs.csi.auristor.com/kmod-ready": null}));
-        assert_eq!(p["spec"]["taints"], json!([{"key": "other", "effect": "NoExecute"}]));
-        assert!(p["spec"].get("unschedulable").is_none(), "an admin cordon stays");
-        n.metadata.annotations = Some([(CORDONED_BY_OPERATOR_ANNOTATION.to_owned(), "true".to_owned())].into());
+        assert_eq!(
+            p["metadata"]["labels"],
+            json!({KERNEL_LABEL: null, "afs.csi.auristor.com/kmod-ready": null})
+        );
+        assert_eq!(
+            p["spec"]["taints"],
+            json!([{"key": "other", "effect": "NoExecute"}])
+        );
+        assert!(
+            p["spec"].get("unschedulable").is_none(),
+            "an admin cordon stays"
+        );
+        n.metadata.annotations = Some(
+            [(
+                CORDONED_BY_OPERATOR_ANNOTATION.to_owned(),
+                "true".to_owned(),
+            )]
+            .into(),
+        );
         let p = release_patch(&n).expect("patch");
         assert_eq!(p["spec"]["unschedulable"], Value::Null);
-        assert!(p["spec"].as_object().is_some_and(|s| s.contains_key("unschedulable")));
+        assert!(
+            p["spec"]
+                .as_object()
+                .is_some_and(|s| s.contains_key("unschedulable"))
+        );
     }
 }

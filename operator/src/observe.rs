@@ -49,7 +49,13 @@ pub fn driver_claims(driver: &str, volumes: &[PersistentVolume]) -> BTreeSet<Str
         .filter_map(|pv| pv.spec.as_ref())
         .filter(|spec| spec.csi.as_ref().is_some_and(|c| c.driver == driver))
         .filter_map(|spec| spec.claim_ref.as_ref())
-        .filter_map(|r| Some(format!("{}/{}", r.namespace.as_deref()?, r.name.as_deref()?)))
+        .filter_map(|r| {
+            Some(format!(
+                "{}/{}",
+                r.namespace.as_deref()?,
+                r.name.as_deref()?
+            ))
+        })
         .collect()
 }
 
@@ -68,7 +74,11 @@ pub fn uses_driver(pod: &Pod, driver: &str, claims: &BTreeSet<String>) -> bool {
                 .persistent_volume_claim
                 .as_ref()
                 .map(|c| c.claim_name.clone())
-                .or_else(|| v.ephemeral.as_ref().map(|_| format!("{pod_name}-{}", v.name)));
+                .or_else(|| {
+                    v.ephemeral
+                        .as_ref()
+                        .map(|_| format!("{pod_name}-{}", v.name))
+                });
             v.csi.as_ref().is_some_and(|c| c.driver == driver)
                 || claim.is_some_and(|c| claims.contains(&format!("{namespace}/{c}")))
         })
@@ -137,9 +147,9 @@ pub fn node_view(facts: &NodeFacts<'_>) -> NodeView {
             .get(PUBLISHED_VOLUMES_ANNOTATION)
             .and_then(|v| v.parse().ok()),
         module_ready: labels.get(KMOD_READY_LABEL).is_some_and(|v| v == "true"),
-        driver_registered: facts.csi_node.is_some_and(|c| {
-            c.spec.drivers.iter().any(|d| d.name == facts.driver)
-        }),
+        driver_registered: facts
+            .csi_node
+            .is_some_and(|c| c.spec.drivers.iter().any(|d| d.name == facts.driver)),
     }
 }
 
@@ -177,14 +187,17 @@ mod tests {
         let claims = driver_claims("afs", &[pv]);
         let inline = pod(json!([{"name": "v", "csi": {"driver": "afs"}}]));
         let claimed = pod(json!([{"name": "v", "persistentVolumeClaim": {"claimName": "claim"}}]));
-        let other = pod(json!([{"name": "v", "persistentVolumeClaim": {"claimName": "other"}}, {"name": "e", "emptyDir": {}}]));
+        let other = pod(
+            json!([{"name": "v", "persistentVolumeClaim": {"claimName": "other"}}, {"name": "e", "emptyDir": {}}]),
+        );
         let other_driver = pod(json!([{"name": "v", "csi": {"driver": "nfs"}}]));
         assert!(uses_driver(&inline, "afs", &claims));
         assert!(uses_driver(&claimed, "afs", &claims));
         assert!(!uses_driver(&other, "afs", &claims));
         assert!(!uses_driver(&other_driver, "afs", &claims));
         let claims = BTreeSet::from(["ns/p-scratch".to_owned()]);
-        let ephemeral = pod(json!([{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}]));
+        let ephemeral =
+            pod(json!([{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}]));
         assert!(uses_driver(&ephemeral, "afs", &claims));
     }
 }

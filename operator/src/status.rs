@@ -18,7 +18,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn new(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
             status,

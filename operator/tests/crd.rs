@@ -81,26 +81,98 @@ fn a_valid_spec_is_admitted_and_defaulted() {
 fn bad_specs_are_refused_naming_the_field() {
     let cases: &[(&str, Value, &str)] = &[
         ("/spec/namespace", json!("Bad_NS"), "/spec/namespace"),
-        ("/spec/nodeSelector", json!({}), "nodeSelector must name at least one label"),
+        (
+            "/spec/nodeSelector",
+            json!({}),
+            "nodeSelector must name at least one label",
+        ),
         ("/spec/kmod/version", json!("v1.2"), "/spec/kmod/version"),
         ("/spec/kmod/module", json!("kafs; rm"), "/spec/kmod/module"),
-        ("/spec/kmod/kernelMappings", json!([]), "/spec/kmod/kernelMappings"),
-        ("/spec/kmod/kernelMappings/0/regexp", json!(".*"), "exactly one of literal, regexp, semver"),
-        ("/spec/kmod/kernelMappings/0/containerImage", json!("r/k:${KERNEL}"), "containerImage: only ${KERNEL_FULL_VERSION}"),
-        ("/spec/kmod/mapVolumes/0/secret", json!({"name": "keytab"}), "exactly one of hostPath, configMap, secret"),
-        ("/spec/kmod/mapVolumes/1/name", json!("etc-yfs"), "mapVolumes[].name must be unique"),
-        ("/spec/kmod/mapVolumes/0/target", json!("/etc/../root"), "must not contain '..'"),
-        ("/spec/kmod/mapVolumes/0/target", json!("etc/yfs"), "/spec/kmod/mapVolumes/0/target"),
-        ("/spec/kmod/parameters", json!(["=x"]), "/spec/kmod/parameters/0"),
-        ("/spec/csi/cacheManager", json!("nfs"), "/spec/csi/cacheManager"),
-        ("/spec/csi/image", json!("Registry/CSI:latest"), "/spec/csi/image"),
-        ("/spec/csi/driverName", json!("-bad-"), "/spec/csi/driverName"),
-        ("/spec/csi/storageClass/parameters/mount-type", json!("cell"), "mount-type must be volume or root"),
-        ("/spec/rollout/maxUnavailable", json!(0), "maxUnavailable must be a count >= 1 or a percent"),
-        ("/spec/rollout/maxUnavailable", json!("0%"), "maxUnavailable must be a count >= 1 or a percent"),
-        ("/spec/rollout/maxUnavailable", json!("half"), "maxUnavailable must be a count >= 1 or a percent"),
-        ("/spec/rollout/maxParallel", json!(0), "/spec/rollout/maxParallel"),
-        ("/spec/rollout/eviction", json!({"timeoutSeconds": 0}), "/spec/rollout/eviction/timeoutSeconds"),
+        (
+            "/spec/kmod/kernelMappings",
+            json!([]),
+            "/spec/kmod/kernelMappings",
+        ),
+        (
+            "/spec/kmod/kernelMappings/0/regexp",
+            json!(".*"),
+            "exactly one of literal, regexp, semver",
+        ),
+        (
+            "/spec/kmod/kernelMappings/0/containerImage",
+            json!("r/k:${KERNEL}"),
+            "containerImage: only ${KERNEL_FULL_VERSION}",
+        ),
+        (
+            "/spec/kmod/mapVolumes/0/secret",
+            json!({"name": "keytab"}),
+            "exactly one of hostPath, configMap, secret",
+        ),
+        (
+            "/spec/kmod/mapVolumes/1/name",
+            json!("etc-yfs"),
+            "mapVolumes[].name must be unique",
+        ),
+        (
+            "/spec/kmod/mapVolumes/0/target",
+            json!("/etc/../root"),
+            "must not contain '..'",
+        ),
+        (
+            "/spec/kmod/mapVolumes/0/target",
+            json!("etc/yfs"),
+            "/spec/kmod/mapVolumes/0/target",
+        ),
+        (
+            "/spec/kmod/parameters",
+            json!(["=x"]),
+            "/spec/kmod/parameters/0",
+        ),
+        (
+            "/spec/csi/cacheManager",
+            json!("nfs"),
+            "/spec/csi/cacheManager",
+        ),
+        (
+            "/spec/csi/image",
+            json!("Registry/CSI:latest"),
+            "/spec/csi/image",
+        ),
+        (
+            "/spec/csi/driverName",
+            json!("-bad-"),
+            "/spec/csi/driverName",
+        ),
+        (
+            "/spec/csi/storageClass/parameters/mount-type",
+            json!("cell"),
+            "mount-type must be volume or root",
+        ),
+        (
+            "/spec/rollout/maxUnavailable",
+            json!(0),
+            "maxUnavailable must be a count >= 1 or a percent",
+        ),
+        (
+            "/spec/rollout/maxUnavailable",
+            json!("0%"),
+            "maxUnavailable must be a count >= 1 or a percent",
+        ),
+        (
+            "/spec/rollout/maxUnavailable",
+            json!("half"),
+            "maxUnavailable must be a count >= 1 or a percent",
+        ),
+        (
+            "/spec/rollout/maxParallel",
+            json!(0),
+            "/spec/rollout/maxParallel",
+        ),
+        (
+            "/spec/rollout/eviction",
+            json!({"timeoutSeconds": 0}),
+            "/spec/rollout/eviction/timeoutSeconds",
+        ),
     ];
     for (pointer, value, expected) in cases {
         let mut object = valid();

@@ -27,7 +27,9 @@ const MANAGER: &str = "afs-e2e";
 
 async fn client() -> Option<Client> {
     let Ok(path) = std::env::var("AFS_E2E_KUBECONFIG") else {
-        eprintln!("skipping end-to-end test: set AFS_E2E_KUBECONFIG to the kubeconfig of a disposable cluster");
+        eprintln!(
+            "skipping end-to-end test: set AFS_E2E_KUBECONFIG to the kubeconfig of a disposable cluster"
+        );
         return None;
     };
     let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig readable");
@@ -48,7 +50,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -75,14 +80,28 @@ impl Run {
 
     async fn install_crd(&self) {
         let crds = Api::<CustomResourceDefinition>::all(self.client.clone());
-        crds.patch("specialresources.afs.csi.auristor.com", &apply(), &Patch::Apply(SpecialResource::crd()))
-            .await
-            .unwrap();
-        wait_for("the CRD to be established", Duration::from_secs(30), || async {
-            crds.get("specialresources.afs.csi.auristor.com").await.is_ok_and(|c| {
-                c.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        })
+        crds.patch(
+            "specialresources.afs.csi.auristor.com",
+            &apply(),
+            &Patch::Apply(SpecialResource::crd()),
+        )
+        .await
+        .unwrap();
+        wait_for(
+            "the CRD to be established",
+            Duration::from_secs(30),
+            || async {
+                crds.get("specialresources.afs.csi.auristor.com")
+                    .await
+                    .is_ok_and(|c| {
+                        c.status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            },
+        )
         .await;
     }
 
@@ -101,9 +120,19 @@ impl Run {
                 "kubeProxyVersion": "", "osImage": "Debian", "containerRuntimeVersion": "containerd://2",
                 "kubeletVersion": "v1.36.0", "operatingSystem": "linux", "architecture": "amd64"}
         }});
-        nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+        nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
         // As the node lifecycle controller does once the node is Ready.
-        nodes.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": null}}))).await.unwrap();
+        nodes
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": null}})),
+            )
+            .await
+            .unwrap();
     }
 
     fn sr(&self, suffix: &str, version: &str) -> Value {
@@ -162,46 +191,83 @@ impl Run {
     async fn play_kubelet(&self) {
         let nodes_api = Api::<Node>::all(self.client.clone());
         let our_nodes: Vec<String> = self.nodes().await.iter().map(|n| n.name_any()).collect();
-        let pods = Api::<Pod>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items;
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
         let mut afs_on: BTreeMap<String, usize> = BTreeMap::new();
         for pod in &pods {
             let ns = pod.namespace().unwrap_or_default();
             let api = Api::<Pod>::namespaced(self.client.clone(), &ns);
             let bound = pod.spec.as_ref().and_then(|s| s.node_name.clone());
             let target = bound.clone().or_else(|| affinity_node(pod));
-            let Some(node) = target.filter(|n| our_nodes.contains(n)) else { continue };
+            let Some(node) = target.filter(|n| our_nodes.contains(n)) else {
+                continue;
+            };
             if pod.metadata.deletion_timestamp.is_some() {
-                if pod.labels().get(labels::COMPONENT_LABEL).map(String::as_str) == Some("kmod") {
+                if pod
+                    .labels()
+                    .get(labels::COMPONENT_LABEL)
+                    .map(String::as_str)
+                    == Some("kmod")
+                {
                     // kmod-manager's shutdown report, before its pod is gone.
-                    let patch = json!({"metadata": {"labels": {labels::KMOD_READY_LABEL: "false"}}});
-                    nodes_api.patch(&node, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+                    let patch =
+                        json!({"metadata": {"labels": {labels::KMOD_READY_LABEL: "false"}}});
+                    nodes_api
+                        .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .unwrap();
                 }
                 // Containers stopped, volumes unmounted: the kubelet removes the pod.
-                let _ = api.delete(&pod.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                let _ = api
+                    .delete(
+                        &pod.name_any(),
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
                 continue;
             }
             if bound.is_none() {
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name_any()},
                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
                 let _ = api
-                    .create_subresource::<_, Value>("binding", &pod.name_any(), &PostParams::default(), &binding)
+                    .create_subresource::<_, Value>(
+                        "binding",
+                        &pod.name_any(),
+                        &PostParams::default(),
+                        &binding,
+                    )
                     .await;
             }
             if ns == self.apps() {
                 *afs_on.entry(node.clone()).or_default() += 1;
             }
             running(&api, &pod.name_any()).await;
-            if pod.labels().get(labels::COMPONENT_LABEL).map(String::as_str) == Some("csi-node") {
+            if pod
+                .labels()
+                .get(labels::COMPONENT_LABEL)
+                .map(String::as_str)
+                == Some("csi-node")
+            {
                 let csi_node = json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": node},
                     "spec": {"drivers": [{"name": DRIVER, "nodeID": node}]}});
-                Api::<CSINode>::all(self.client.clone()).patch(&node, &apply(), &Patch::Apply(&csi_node)).await.unwrap();
+                Api::<CSINode>::all(self.client.clone())
+                    .patch(&node, &apply(), &Patch::Apply(&csi_node))
+                    .await
+                    .unwrap();
             }
         }
         for node in &our_nodes {
             let has_kmod = pods.iter().any(|p| {
                 p.labels().get(labels::COMPONENT_LABEL).map(String::as_str) == Some("kmod")
                     && p.metadata.deletion_timestamp.is_none()
-                    && (p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(node) || affinity_node(p).as_ref() == Some(node))
+                    && (p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(node)
+                        || affinity_node(p).as_ref() == Some(node))
             });
             if !has_kmod {
                 continue;
@@ -212,11 +278,22 @@ impl Run {
                 "annotations": {labels::PUBLISHED_VOLUMES_ANNOTATION: afs_on.get(node).copied().unwrap_or(0).to_string()},
             }});
             let current = nodes_api.get(node).await.unwrap();
-            let same = current.labels().get(labels::KMOD_READY_LABEL) == patch["metadata"]["labels"][labels::KMOD_READY_LABEL].as_str().map(str::to_owned).as_ref()
-                && current.annotations().get(labels::PUBLISHED_VOLUMES_ANNOTATION).map(String::as_str)
-                    == patch["metadata"]["annotations"][labels::PUBLISHED_VOLUMES_ANNOTATION].as_str();
+            let same = current.labels().get(labels::KMOD_READY_LABEL)
+                == patch["metadata"]["labels"][labels::KMOD_READY_LABEL]
+                    .as_str()
+                    .map(str::to_owned)
+                    .as_ref()
+                && current
+                    .annotations()
+                    .get(labels::PUBLISHED_VOLUMES_ANNOTATION)
+                    .map(String::as_str)
+                    == patch["metadata"]["annotations"][labels::PUBLISHED_VOLUMES_ANNOTATION]
+                        .as_str();
             if !same {
-                nodes_api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+                nodes_api
+                    .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap();
             }
         }
     }
@@ -224,41 +301,87 @@ impl Run {
     async fn cleanup(&self) {
         let srs = Api::<SpecialResource>::all(self.client.clone());
         for suffix in ["g1", "overlap"] {
-            let _ = srs.delete(&self.sr_name(suffix), &DeleteParams::default()).await;
+            let _ = srs
+                .delete(&self.sr_name(suffix), &DeleteParams::default())
+                .await;
         }
-        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.apps(), &DeleteParams::default()).await;
+        // The operator never deletes an SR's namespace (it may hold the user's maps).
+        for namespace in [self.apps(), self.sr_name("g1"), self.sr_name("overlap")] {
+            let _ = Api::<Namespace>::all(self.client.clone())
+                .delete(&namespace, &DeleteParams::default())
+                .await;
+        }
         for i in 1..=4 {
-            let _ = Api::<Node>::all(self.client.clone()).delete(&self.node(i), &DeleteParams::default()).await;
-            let _ = Api::<CSINode>::all(self.client.clone()).delete(&self.node(i), &DeleteParams::default()).await;
+            let _ = Api::<Node>::all(self.client.clone())
+                .delete(&self.node(i), &DeleteParams::default())
+                .await;
+            let _ = Api::<CSINode>::all(self.client.clone())
+                .delete(&self.node(i), &DeleteParams::default())
+                .await;
         }
     }
 }
 
 /// The node a DaemonSet pod is pinned to (the DaemonSet controller sets this affinity).
 fn affinity_node(pod: &Pod) -> Option<String> {
-    let terms = &pod.spec.as_ref()?.affinity.as_ref()?.node_affinity.as_ref()?.required_during_scheduling_ignored_during_execution.as_ref()?.node_selector_terms;
-    terms.iter().flat_map(|t| t.match_fields.iter().flatten()).find(|f| f.key == "metadata.name")?.values.as_ref()?.first().cloned()
+    let terms = &pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|f| f.key == "metadata.name")?
+        .values
+        .as_ref()?
+        .first()
+        .cloned()
 }
 
 async fn running(api: &Api<Pod>, name: &str) {
     let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
     let Ok(pod) = api.get(name).await else { return };
-    let ready = pod.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = pod
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     if !ready {
-        let _ = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        let _ = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await;
     }
 }
 
 fn cordoned(node: &Node) -> bool {
-    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
 }
 
 fn taints(node: &Node) -> Vec<String> {
-    node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default().into_iter().map(|t| t.key).collect()
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect()
 }
 
 fn state(node: &Node) -> String {
-    node.labels().get(labels::UPGRADE_STATE_LABEL).cloned().unwrap_or_default()
+    node.labels()
+        .get(labels::UPGRADE_STATE_LABEL)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The whole story on a real API server: placement and readiness taint, overlap
@@ -271,13 +394,28 @@ async fn end_to_end_on_a_bare_control_plane() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let id = format!("{:x}", std::process::id() ^ (Instant::now().elapsed().as_nanos() as u32) ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos());
-    let run = Arc::new(Run { client: client.clone(), id });
+    let id = format!(
+        "{:x}",
+        std::process::id()
+            ^ (Instant::now().elapsed().as_nanos() as u32)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+    );
+    let run = Arc::new(Run {
+        client: client.clone(),
+        id,
+    });
     run.install_crd().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(afs_operator::controller::run(client.clone(), Arc::new(Metrics::default()), async {
-        let _ = stopped.await;
-    }));
+    let operator = tokio::spawn(afs_operator::controller::run(
+        client.clone(),
+        Arc::new(Metrics::default()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let kubelet = {
         let run = run.clone();
         tokio::spawn(async move {
@@ -305,45 +443,96 @@ async fn scenario(run: Arc<Run>) {
         run.create_node(i).await;
     }
     run.apply_sr(&run.sr("g1", "1.0.0")).await;
-    wait_for("the SR to be Ready on 4 nodes", Duration::from_secs(90), || async {
-        let s = run.sr_status("g1").await;
-        s["state"] == "Ready" && s["readyNodes"] == "4/4"
-    })
+    wait_for(
+        "the SR to be Ready on 4 nodes",
+        Duration::from_secs(90),
+        || async {
+            let s = run.sr_status("g1").await;
+            s["state"] == "Ready" && s["readyNodes"] == "4/4"
+        },
+    )
     .await;
     for node in run.nodes().await {
-        assert!(!taints(&node).contains(&labels::READINESS_TAINT.to_owned()), "{}: readiness taint removed", node.name_any());
+        assert!(
+            !taints(&node).contains(&labels::READINESS_TAINT.to_owned()),
+            "{}: readiness taint removed",
+            node.name_any()
+        );
         assert!(node.labels().contains_key(labels::KERNEL_LABEL));
     }
 
     // Overlap: a second SR on the same nodes is refused and deploys nothing.
     run.apply_sr(&run.sr("overlap", "9.0.0")).await;
-    wait_for("the overlapping SR to be refused", Duration::from_secs(30), || async {
-        run.sr_status("overlap").await["state"] == "Conflict"
-    })
+    wait_for(
+        "the overlapping SR to be refused",
+        Duration::from_secs(30),
+        || async { run.sr_status("overlap").await["state"] == "Conflict" },
+    )
     .await;
-    let message = run.sr_status("overlap").await["conditions"][0]["message"].as_str().unwrap_or_default().to_owned();
-    assert!(message.contains(&run.sr_name("g1")) && message.contains(&run.node(1)), "{message}");
-    let daemon_sets = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(c.clone(), &run.sr_name("overlap"));
-    assert!(daemon_sets.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(true));
-    Api::<SpecialResource>::all(c.clone()).delete(&run.sr_name("overlap"), &DeleteParams::default()).await.unwrap();
+    let message = run.sr_status("overlap").await["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains(&run.sr_name("g1")) && message.contains(&run.node(1)),
+        "{message}"
+    );
+    let daemon_sets = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(
+        c.clone(),
+        &run.sr_name("overlap"),
+    );
+    assert!(
+        daemon_sets
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.is_empty())
+            .unwrap_or(true)
+    );
+    Api::<SpecialResource>::all(c.clone())
+        .delete(&run.sr_name("overlap"), &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("the refused SR to go", Duration::from_secs(30), || async {
-        Api::<SpecialResource>::all(c.clone()).get_opt(&run.sr_name("overlap")).await.unwrap().is_none()
+        Api::<SpecialResource>::all(c.clone())
+            .get_opt(&run.sr_name("overlap"))
+            .await
+            .unwrap()
+            .is_none()
     })
     .await;
 
     // Rolling update: n2 is cordoned by the admin, n1 runs an AFS pod, n3 a
     // non-interruptible one.
-    let apps: Namespace = serde_json::from_value(json!({"metadata": {"name": run.apps()}})).unwrap();
-    Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &apps).await.unwrap();
-    run.afs_pod("web", &run.node(1), json!({"app": "web"})).await;
-    run.afs_pod("job", &run.node(3), json!({"app": "job", "critical": "true"})).await;
+    let apps: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": run.apps()}})).unwrap();
+    Api::<Namespace>::all(c.clone())
+        .create(&PostParams::default(), &apps)
+        .await
+        .unwrap();
+    run.afs_pod("web", &run.node(1), json!({"app": "web"}))
+        .await;
+    run.afs_pod(
+        "job",
+        &run.node(3),
+        json!({"app": "job", "critical": "true"}),
+    )
+    .await;
     let nodes = Api::<Node>::all(c.clone());
-    nodes.patch(&run.node(2), &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}}))).await.unwrap();
+    nodes
+        .patch(
+            &run.node(2),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
     let old_revision = run.sr_status("g1").await["revision"].clone();
     run.apply_sr(&run.sr("g1", "1.1.0")).await;
-    wait_for("the operator to see the new revision", Duration::from_secs(30), || async {
-        run.sr_status("g1").await["revision"] != old_revision
-    })
+    wait_for(
+        "the operator to see the new revision",
+        Duration::from_secs(30),
+        || async { run.sr_status("g1").await["revision"] != old_revision },
+    )
     .await;
 
     let pods = Api::<Pod>::namespaced(c.clone(), &run.apps());
@@ -353,43 +542,95 @@ async fn scenario(run: Arc<Run>) {
     loop {
         let group = run.nodes().await;
         let unavailable = group.iter().filter(|n| cordoned(n)).count();
-        assert!(unavailable <= 1, "maxUnavailable 1 exceeded: {:?}", group.iter().map(|n| (n.name_any(), state(n), cordoned(n))).collect::<Vec<_>>());
+        assert!(
+            unavailable <= 1,
+            "maxUnavailable 1 exceeded: {:?}",
+            group
+                .iter()
+                .map(|n| (n.name_any(), state(n), cordoned(n)))
+                .collect::<Vec<_>>()
+        );
         let job = pods.get_opt("job").await.unwrap();
         if !job_done {
-            assert!(job.as_ref().is_some_and(|j| j.metadata.deletion_timestamp.is_none()), "the non-interruptible pod is never evicted");
+            assert!(
+                job.as_ref()
+                    .is_some_and(|j| j.metadata.deletion_timestamp.is_none()),
+                "the non-interruptible pod is never evicted"
+            );
         }
         let n2 = group.iter().find(|n| n.name_any() == run.node(2)).unwrap();
         if state(n2) == "upgrade-done" && !admin_uncordoned {
             assert!(cordoned(n2), "the admin's cordon is kept after the upgrade");
-            nodes.patch(&run.node(2), &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": false}}))).await.unwrap();
+            nodes
+                .patch(
+                    &run.node(2),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+                )
+                .await
+                .unwrap();
             admin_uncordoned = true;
         }
         if admin_uncordoned && !job_done && started.elapsed() > Duration::from_secs(10) {
             // The job ends by itself.
-            pods.delete("job", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+            pods.delete(
+                "job",
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
             job_done = true;
         }
         let status = run.sr_status("g1").await;
         if group.iter().all(|n| state(n) == "upgrade-done") && status["state"] == "Ready" {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(240), "rollout did not finish: {status} {:?}", group.iter().map(|n| (n.name_any(), state(n))).collect::<Vec<_>>());
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "rollout did not finish: {status} {:?}",
+            group
+                .iter()
+                .map(|n| (n.name_any(), state(n)))
+                .collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(pods.get_opt("web").await.unwrap().is_none(), "the AFS pod on n1 was evicted");
+    assert!(
+        pods.get_opt("web").await.unwrap().is_none(),
+        "the AFS pod on n1 was evicted"
+    );
     for node in run.nodes().await {
         assert!(!cordoned(&node), "{}: uncordoned", node.name_any());
     }
 
     // Deletion: nothing uses AFS any more; the SR goes with everything it made.
-    Api::<SpecialResource>::all(c.clone()).delete(&run.sr_name("g1"), &DeleteParams::default()).await.unwrap();
+    Api::<SpecialResource>::all(c.clone())
+        .delete(&run.sr_name("g1"), &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("the SR to be deleted", Duration::from_secs(90), || async {
-        Api::<SpecialResource>::all(c.clone()).get_opt(&run.sr_name("g1")).await.unwrap().is_none()
+        Api::<SpecialResource>::all(c.clone())
+            .get_opt(&run.sr_name("g1"))
+            .await
+            .unwrap()
+            .is_none()
     })
     .await;
     for node in run.nodes().await {
-        let ours: Vec<&String> = node.labels().keys().filter(|k| k.starts_with("afs.csi.auristor.com/")).collect();
-        assert!(ours.is_empty() && taints(&node).is_empty(), "{}: {ours:?} {:?}", node.name_any(), taints(&node));
+        let ours: Vec<&String> = node
+            .labels()
+            .keys()
+            .filter(|k| k.starts_with("afs.csi.auristor.com/"))
+            .collect();
+        assert!(
+            ours.is_empty() && taints(&node).is_empty(),
+            "{}: {ours:?} {:?}",
+            node.name_any(),
+            taints(&node)
+        );
     }
     run.cleanup().await;
 }

@@ -66,7 +66,11 @@ impl Harness {
     fn new() -> Self {
         let api = FakeApi::default();
         let writer = Writer::<SpecialResource>::default();
-        let ctx = Arc::new(Context::new(api.client(), Arc::new(Metrics::default()), writer.as_reader()));
+        let ctx = Arc::new(Context::new(
+            api.client(),
+            Arc::new(Metrics::default()),
+            writer.as_reader(),
+        ));
         Self { api, ctx, writer }
     }
 
@@ -103,16 +107,29 @@ impl Harness {
     /// there), kmod-manager's ready label is set and the driver is registered.
     fn play_kubelet(&self, namespace: &str) {
         let nodes = self.api.list(NODES);
-        for ds in self.api.list(DAEMON_SETS).into_iter().filter(|d| d["metadata"]["namespace"] == namespace) {
+        for ds in self
+            .api
+            .list(DAEMON_SETS)
+            .into_iter()
+            .filter(|d| d["metadata"]["namespace"] == namespace)
+        {
             let template = &ds["spec"]["template"];
-            let selector = template["spec"]["nodeSelector"].as_object().cloned().unwrap_or_default();
+            let selector = template["spec"]["nodeSelector"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             for n in &nodes {
                 let node_name = n["metadata"]["name"].as_str().unwrap();
-                if !selector.iter().all(|(k, v)| &n["metadata"]["labels"][k] == v) {
+                if !selector
+                    .iter()
+                    .all(|(k, v)| &n["metadata"]["labels"][k] == v)
+                {
                     continue;
                 }
                 let pod_name = format!("{}-{node_name}", ds["metadata"]["name"].as_str().unwrap());
-                let existing = self.api.get("/api/v1/namespaces/x/pods", namespace, &pod_name);
+                let existing = self
+                    .api
+                    .get("/api/v1/namespaces/x/pods", namespace, &pod_name);
                 if existing.is_some() {
                     continue;
                 }
@@ -145,9 +162,16 @@ impl Harness {
     fn remove_released_pods(&self, namespace: &str) {
         for p in self.api.list("/api/v1/pods") {
             let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
-            let released = self.api.get(NODES, "", node).is_some_and(|n| n["metadata"]["labels"][labels::RELEASE_LABEL].is_string());
+            let released = self
+                .api
+                .get(NODES, "", node)
+                .is_some_and(|n| n["metadata"]["labels"][labels::RELEASE_LABEL].is_string());
             if p["metadata"]["namespace"] == namespace && released {
-                self.api.remove("/api/v1/namespaces/x/pods", namespace, p["metadata"]["name"].as_str().unwrap());
+                self.api.remove(
+                    "/api/v1/namespaces/x/pods",
+                    namespace,
+                    p["metadata"]["name"].as_str().unwrap(),
+                );
             }
         }
     }
@@ -179,7 +203,11 @@ impl Harness {
 fn taints(node: &Value) -> Vec<String> {
     node["spec"]["taints"]
         .as_array()
-        .map(|ts| ts.iter().map(|t| t["key"].as_str().unwrap().to_owned()).collect())
+        .map(|ts| {
+            ts.iter()
+                .map(|t| t["key"].as_str().unwrap().to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -187,29 +215,58 @@ fn taints(node: &Value) -> Vec<String> {
 async fn builds_everything_then_a_steady_state_reconcile_writes_nothing() {
     let mut h = Harness::new();
     h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
-    for (n, k) in [("n1", "6.1.0-56-amd64"), ("n2", "6.1.0-56-amd64"), ("n3", "6.1.0-57-amd64")] {
+    for (n, k) in [
+        ("n1", "6.1.0-56-amd64"),
+        ("n2", "6.1.0-56-amd64"),
+        ("n3", "6.1.0-57-amd64"),
+    ] {
         h.api.put(NODES, node(n, "g1", k));
     }
     h.api.put(NODES, node("other", "g2", "6.1.0-56-amd64"));
 
     h.reconcile("group-1").await; // adds the finalizer
-    assert_eq!(h.sr("group-1").metadata.finalizers.as_deref(), Some(&[labels::FINALIZER.to_owned()][..]));
+    assert_eq!(
+        h.sr("group-1").metadata.finalizers.as_deref(),
+        Some(&[labels::FINALIZER.to_owned()][..])
+    );
     h.reconcile("group-1").await;
-    let daemon_sets: Vec<String> = h.api.list(DAEMON_SETS).iter().map(|d| d["metadata"]["name"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(daemon_sets.len(), 3, "two kernels -> two kmod DaemonSets, plus the CSI node plugin: {daemon_sets:?}");
-    assert!(h.api.get("/apis/storage.k8s.io/v1/csidrivers", "", DRIVER).is_some());
+    let daemon_sets: Vec<String> = h
+        .api
+        .list(DAEMON_SETS)
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        daemon_sets.len(),
+        3,
+        "two kernels -> two kmod DaemonSets, plus the CSI node plugin: {daemon_sets:?}"
+    );
+    assert!(
+        h.api
+            .get("/apis/storage.k8s.io/v1/csidrivers", "", DRIVER)
+            .is_some()
+    );
     assert!(h.api.get("/api/v1/namespaces", "", "afs-group-1").is_some());
     for n in ["n1", "n2", "n3"] {
-        assert!(taints(&h.node(n)).contains(&labels::READINESS_TAINT.to_owned()), "{n} held until ready");
+        assert!(
+            taints(&h.node(n)).contains(&labels::READINESS_TAINT.to_owned()),
+            "{n} held until ready"
+        );
         assert!(h.node(n)["metadata"]["labels"][labels::KERNEL_LABEL].is_string());
     }
-    assert!(taints(&h.node("other")).is_empty(), "a node of another group is not touched");
+    assert!(
+        taints(&h.node("other")).is_empty(),
+        "a node of another group is not touched"
+    );
     assert_eq!(h.status("group-1")["state"], "Progressing");
 
     h.play_kubelet("afs-group-1");
     h.reconcile("group-1").await;
     for n in ["n1", "n2", "n3"] {
-        assert!(taints(&h.node(n)).is_empty(), "{n}: module loaded and driver registered: taint removed");
+        assert!(
+            taints(&h.node(n)).is_empty(),
+            "{n}: module loaded and driver registered: taint removed"
+        );
     }
     let status = h.status("group-1");
     assert_eq!(status["state"], "Ready", "{status}");
@@ -217,7 +274,11 @@ async fn builds_everything_then_a_steady_state_reconcile_writes_nothing() {
     h.api.take_writes();
     let before = h.ctx.metrics.writes();
     h.reconcile("group-1").await;
-    assert_eq!(h.api.take_writes(), Vec::<String>::new(), "steady state makes no write request");
+    assert_eq!(
+        h.api.take_writes(),
+        Vec::<String>::new(),
+        "steady state makes no write request"
+    );
     assert_eq!(h.ctx.metrics.writes(), before);
 }
 
@@ -233,14 +294,30 @@ async fn a_kernel_without_mapping_degrades_the_sr_and_keeps_the_node_tainted() {
     h.reconcile("group-1").await;
     let status = h.status("group-1");
     assert_eq!(status["state"], "Degraded");
-    let degraded = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "KernelWithoutMapping");
-    assert!(degraded["message"].as_str().unwrap().contains("5.14.0-rt21"), "{degraded}");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("5.14.0-rt21"),
+        "{degraded}"
+    );
     assert!(taints(&h.node("rt")).contains(&labels::READINESS_TAINT.to_owned()));
     assert!(taints(&h.node("n1")).is_empty());
     let events = h.api.list("/apis/events.k8s.io/v1/events");
-    assert!(events.iter().any(|e| e["reason"] == "KernelWithoutMapping" && e["type"] == "Warning"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "KernelWithoutMapping" && e["type"] == "Warning"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -258,15 +335,31 @@ async fn overlapping_groups_refuse_the_newer_sr_which_deploys_nothing() {
     let status = h.status("group-x");
     assert_eq!(status["state"], "Conflict");
     let message = status["conditions"][0]["message"].as_str().unwrap();
-    assert!(message.contains("n1") && message.contains("group-1"), "{message}");
-    assert!(h.api.list(DAEMON_SETS).iter().all(|d| d["metadata"]["namespace"] == "afs-group-1"));
+    assert!(
+        message.contains("n1") && message.contains("group-1"),
+        "{message}"
+    );
+    assert!(
+        h.api
+            .list(DAEMON_SETS)
+            .iter()
+            .all(|d| d["metadata"]["namespace"] == "afs-group-1")
+    );
     let older = h.status("group-1");
-    let degraded = older["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
+    let degraded = older["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
     assert_eq!(degraded["reason"], "NodeGroupOverlap", "{older}");
 }
 
 fn state(node: &Value) -> String {
-    node["metadata"]["labels"][labels::UPGRADE_STATE_LABEL].as_str().unwrap_or("").to_owned()
+    node["metadata"]["labels"][labels::UPGRADE_STATE_LABEL]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn cordoned(node: &Value) -> bool {
@@ -307,19 +400,33 @@ async fn rolling_update_with_budget_one_admin_cordon_and_a_non_interruptible_pod
         let nodes: Vec<Value> = ["n1", "n2", "n3"].iter().map(|n| h.node(n)).collect();
         let operator_cordoned = nodes
             .iter()
-            .filter(|n| n["metadata"]["annotations"][labels::CORDONED_BY_OPERATOR_ANNOTATION] == "true")
+            .filter(|n| {
+                n["metadata"]["annotations"][labels::CORDONED_BY_OPERATOR_ANNOTATION] == "true"
+            })
             .count();
         let unavailable = nodes.iter().filter(|n| cordoned(n)).count();
-        assert!(unavailable <= 1 || operator_cordoned == 0, "step {step}: budget exceeded: {nodes:?}");
-        assert!(h.api.get("/api/v1/namespaces/apps/pods", "apps", "job").is_some() || step >= 20,
-            "the non-interruptible pod is never evicted");
+        assert!(
+            unavailable <= 1 || operator_cordoned == 0,
+            "step {step}: budget exceeded: {nodes:?}"
+        );
+        assert!(
+            h.api
+                .get("/api/v1/namespaces/apps/pods", "apps", "job")
+                .is_some()
+                || step >= 20,
+            "the non-interruptible pod is never evicted"
+        );
         // Module pods are replaced only where no AFS pod is left.
         for n in &nodes {
             let name = n["metadata"]["name"].as_str().unwrap();
             let has_kmod = h.api.list("/api/v1/pods").iter().any(|p| {
-                p["spec"]["nodeName"] == name && p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod"
+                p["spec"]["nodeName"] == name
+                    && p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod"
             });
-            assert!(has_kmod || h.afs_pods_on(name) == 0, "step {step}: {name} lost its module pod while AFS pods run there");
+            assert!(
+                has_kmod || h.afs_pods_on(name) == 0,
+                "step {step}: {name} lost its module pod while AFS pods run there"
+            );
         }
         if step == 20 {
             // The job ends by itself; the admin then uncordons the node they cordoned.
@@ -331,21 +438,42 @@ async fn rolling_update_with_budget_one_admin_cordon_and_a_non_interruptible_pod
             h.api.put(NODES, n2);
         }
         h.play_kubelet("afs-group-1");
-        if ["n1", "n2", "n3"].iter().all(|n| state(&h.node(n)) == "upgrade-done") && h.status("group-1")["state"] == "Ready" {
+        if ["n1", "n2", "n3"]
+            .iter()
+            .all(|n| state(&h.node(n)) == "upgrade-done")
+            && h.status("group-1")["state"] == "Ready"
+        {
             finished_at = Some(step);
             break;
         }
     }
     let status = h.status("group-1");
     assert!(finished_at.is_some(), "rollout finished: {status}");
-    assert!(h.api.get("/api/v1/namespaces/apps/pods", "apps", "web").is_none(), "the evictable pod was evicted");
+    assert!(
+        h.api
+            .get("/api/v1/namespaces/apps/pods", "apps", "web")
+            .is_none(),
+        "the evictable pod was evicted"
+    );
     for n in ["n1", "n3"] {
-        assert!(!cordoned(&h.node(n)), "{n}: the operator's cordon is lifted");
+        assert!(
+            !cordoned(&h.node(n)),
+            "{n}: the operator's cordon is lifted"
+        );
     }
     let revision = status["revision"].as_str().unwrap();
-    let kmod_pods: Vec<Value> = h.api.list("/api/v1/pods").into_iter().filter(|p| p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod").collect();
+    let kmod_pods: Vec<Value> = h
+        .api
+        .list("/api/v1/pods")
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod")
+        .collect();
     assert_eq!(kmod_pods.len(), 3);
-    assert!(kmod_pods.iter().all(|p| p["metadata"]["labels"][labels::REVISION_LABEL] == revision));
+    assert!(
+        kmod_pods
+            .iter()
+            .all(|p| p["metadata"]["labels"][labels::REVISION_LABEL] == revision)
+    );
 }
 
 /// Deleting an SR releases nodes one by one: a node whose pods still use AFS volumes
@@ -372,25 +500,68 @@ async fn deletion_waits_for_afs_pods_node_by_node_then_removes_everything() {
     }
     let status = h.status("group-1");
     assert_eq!(status["state"], "Deleting");
-    assert_eq!(status["inUse"], json!([{"node": "n1", "pods": ["apps/web"]}]), "{status}");
-    let kmod_nodes: Vec<String> = h.api.list("/api/v1/pods").iter()
+    assert_eq!(
+        status["inUse"],
+        json!([{"node": "n1", "pods": ["apps/web"]}]),
+        "{status}"
+    );
+    let kmod_nodes: Vec<String> = h
+        .api
+        .list("/api/v1/pods")
+        .iter()
         .filter(|p| p["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod")
-        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(kmod_nodes, ["n1"], "n2 released, n1 keeps its module while web runs");
-    assert!(h.api.get(DAEMON_SETS, "afs-group-1", "group-1-csi-node").is_some(), "the CSI node plugin stays to unpublish");
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kmod_nodes,
+        ["n1"],
+        "n2 released, n1 keeps its module while web runs"
+    );
+    assert!(
+        h.api
+            .get(DAEMON_SETS, "afs-group-1", "group-1-csi-node")
+            .is_some(),
+        "the CSI node plugin stays to unpublish"
+    );
 
     h.api.remove("/api/v1/namespaces/apps/pods", "apps", "web");
     for _ in 0..3 {
         h.reconcile("group-1").await;
         h.remove_released_pods("afs-group-1");
     }
-    assert!(h.api.list(DAEMON_SETS).is_empty(), "{} {:?}", h.status("group-1"), h.api.list("/api/v1/pods").iter().map(|p| p["metadata"]["name"].clone()).collect::<Vec<_>>());
-    assert!(h.api.get("/apis/storage.k8s.io/v1/csidrivers", "", DRIVER).is_none(), "the last SR of the driver takes the CSIDriver");
-    assert!(h.sr("group-1").metadata.finalizers.as_ref().is_none_or(Vec::is_empty), "finalizer removed");
+    assert!(
+        h.api.list(DAEMON_SETS).is_empty(),
+        "{} {:?}",
+        h.status("group-1"),
+        h.api
+            .list("/api/v1/pods")
+            .iter()
+            .map(|p| p["metadata"]["name"].clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        h.api
+            .get("/apis/storage.k8s.io/v1/csidrivers", "", DRIVER)
+            .is_none(),
+        "the last SR of the driver takes the CSIDriver"
+    );
+    assert!(
+        h.sr("group-1")
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_none_or(Vec::is_empty),
+        "finalizer removed"
+    );
     for n in ["n1", "n2"] {
         let node = h.node(n);
         assert!(taints(&node).is_empty(), "{n}: {node}");
-        let ours: Vec<&String> = node["metadata"]["labels"].as_object().unwrap().keys().filter(|k| k.starts_with("afs.csi.auristor.com/")).collect();
+        let ours: Vec<&String> = node["metadata"]["labels"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with("afs.csi.auristor.com/"))
+            .collect();
         assert!(ours.is_empty(), "{n}: {ours:?}");
     }
 }

@@ -73,9 +73,10 @@ fn pod_spec(forever: f64) -> impl Strategy<Value = PodSpec> {
 
 fn node_spec(forever: f64) -> impl Strategy<Value = NodeSpec> {
     (
+        // Ready, cordoned by an admin, running the DaemonSet pods.
         (
-            prop::bool::weighted(0.9),
-            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.95),
+            prop::bool::weighted(0.05),
             prop::bool::weighted(0.95),
         ),
         prop::bool::weighted(0.8),
@@ -213,7 +214,7 @@ proptest! {
     }
 }
 
-/// Four evictable nodes plus the given specs at the front.
+/// `total` nodes: `front`, then Ready nodes with one evictable pod.
 fn group(front: Vec<NodeSpec>, total: usize) -> Vec<NodeSpec> {
     let mut nodes = front;
     nodes.resize_with(total, || NodeSpec::simple(1, 1, 1, 1));

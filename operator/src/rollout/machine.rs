@@ -21,10 +21,9 @@ pub(super) struct Env<'a> {
     pub(super) policy: &'a Policy,
 }
 
-/// A node's actions of this pass and where they leave it.
+/// Where a node's actions of this pass leave it.
 #[derive(Debug)]
 pub(super) struct Outcome {
-    pub(super) actions: Vec<Action>,
     pub(super) state: Option<UpgradeState>,
     cordoned: bool,
     uncordoned: bool,
@@ -40,14 +39,24 @@ impl Outcome {
 }
 
 /// Advances a node that is not waiting for a slot (in progress, failed, or not needing
-/// the upgrade).
-pub(super) fn advance(node: &NodeView, state: Option<UpgradeState>, env: &Env<'_>) -> Outcome {
-    Walk::new(node, state, env).run()
+/// the upgrade), appending its actions to `actions`.
+pub(super) fn advance(
+    node: &NodeView,
+    state: Option<UpgradeState>,
+    env: &Env<'_>,
+    actions: &mut Vec<Action>,
+) -> Outcome {
+    Walk::new(node, state, env, actions).run()
 }
 
 /// Claims a slot for `node` and advances it as far as it goes.
-pub(super) fn start(node: &NodeView, env: &Env<'_>, tally: &Tally) -> Outcome {
-    let mut walk = Walk::new(node, node.state, env);
+pub(super) fn start(
+    node: &NodeView,
+    env: &Env<'_>,
+    tally: &Tally,
+    actions: &mut Vec<Action>,
+) -> Outcome {
+    let mut walk = Walk::new(node, node.state, env, actions);
     let p = env.policy;
     walk.set(
         CordonRequired,
@@ -60,8 +69,8 @@ pub(super) fn start(node: &NodeView, env: &Env<'_>, tally: &Tally) -> Outcome {
 }
 
 /// Marks a node that needs the upgrade and waits for a slot (or for Ready).
-pub(super) fn wait(node: &NodeView, env: &Env<'_>) -> Outcome {
-    let mut walk = Walk::new(node, node.state, env);
+pub(super) fn wait(node: &NodeView, env: &Env<'_>, actions: &mut Vec<Action>) -> Outcome {
+    let mut walk = Walk::new(node, node.state, env, actions);
     if node.state != Some(UpgradeRequired) {
         let reason = match (node.state, &node.target_revision) {
             (Some(UpgradeFailed), Some(target)) => {
@@ -86,25 +95,35 @@ enum Next {
     Go(UpgradeState, String),
 }
 
-struct Walk<'a> {
+struct Walk<'a, 'v> {
     node: &'a NodeView,
     env: &'a Env<'a>,
+    /// The plan's actions; this node's start at `first`.
+    actions: &'v mut Vec<Action>,
+    first: usize,
     out: Outcome,
     /// When the current state was entered: observed for the first, `now` after a step.
     since: Option<i64>,
 }
 
-impl<'a> Walk<'a> {
-    fn new(node: &'a NodeView, state: Option<UpgradeState>, env: &'a Env<'a>) -> Self {
+impl<'a, 'v> Walk<'a, 'v> {
+    fn new(
+        node: &'a NodeView,
+        state: Option<UpgradeState>,
+        env: &'a Env<'a>,
+        actions: &'v mut Vec<Action>,
+    ) -> Self {
         let out = Outcome {
-            actions: Vec::new(),
             state,
             cordoned: false,
             uncordoned: false,
         };
+        let first = actions.len();
         Self {
             node,
             env,
+            actions,
+            first,
             out,
             since: node.state_since,
         }
@@ -132,12 +151,13 @@ impl<'a> Walk<'a> {
     /// Records a transition. Consecutive transitions with nothing between them become the
     /// last one: fewer writes, and every prefix of the actions stays consistent.
     fn set(&mut self, state: UpgradeState, reason: String) {
-        let node = &self.node.name;
-        if matches!(self.out.actions.last(), Some(Action::SetState { node: n, .. }) if n == node) {
-            self.out.actions.pop();
+        if self.actions.len() > self.first
+            && matches!(self.actions.last(), Some(Action::SetState { .. }))
+        {
+            self.actions.pop();
         }
-        self.out.actions.push(Action::SetState {
-            node: node.clone(),
+        self.actions.push(Action::SetState {
+            node: self.node.name.clone(),
             state,
             reason,
             revision: self.env.desired.to_owned(),
@@ -241,7 +261,7 @@ impl<'a> Walk<'a> {
             // pass does not count until it is seen.
             for pod in live {
                 let (node, pod) = (self.node.name.clone(), pod.name.clone());
-                self.out.actions.push(Action::DeletePod { node, pod });
+                self.actions.push(Action::DeletePod { node, pod });
             }
         } else {
             // Something landed since the drain (or the cordon is not observed yet).
@@ -355,7 +375,7 @@ impl<'a> Walk<'a> {
             .iter()
             .filter(|p| !p.terminating && !p.non_interruptible)
         {
-            self.out.actions.push(Action::Evict {
+            self.actions.push(Action::Evict {
                 node: self.node.name.clone(),
                 namespace: pod.namespace.clone(),
                 pod: pod.name.clone(),
@@ -366,7 +386,7 @@ impl<'a> Walk<'a> {
     /// Cordons again a node in progress found schedulable (the slot already counts it).
     fn recordon(&mut self) {
         if !self.node.unschedulable && !self.out.cordoned {
-            self.out.actions.push(Action::Cordon {
+            self.actions.push(Action::Cordon {
                 node: self.node.name.clone(),
             });
             self.out.cordoned = true;
@@ -376,7 +396,7 @@ impl<'a> Walk<'a> {
     /// Lifts the operator's own cordon; an admin's stays.
     fn release(&mut self) {
         if self.node.cordoned_by_operator && !self.out.uncordoned {
-            self.out.actions.push(Action::Uncordon {
+            self.actions.push(Action::Uncordon {
                 node: self.node.name.clone(),
             });
             self.out.uncordoned = true;
@@ -427,10 +447,14 @@ fn name_list(pods: &[&AfsPod]) -> String {
     names.join(", ")
 }
 
+/// `r1`, or `r1+r2` when the kmod and CSI node pods differ.
 fn running_revisions(node: &NodeView) -> String {
-    let mut revs: Vec<&str> = daemon_pods(node)
-        .map(|p| p.revision.as_deref().unwrap_or("(none)"))
-        .collect();
-    revs.dedup();
-    revs.join("+")
+    fn rev(pod: Option<&PodView>) -> Option<&str> {
+        pod.map(|p| p.revision.as_deref().unwrap_or("(none)"))
+    }
+    match (rev(node.kmod_pod.as_ref()), rev(node.csi_pod.as_ref())) {
+        (Some(k), Some(c)) if k != c => format!("{k}+{c}"),
+        (Some(r), _) | (None, Some(r)) => r.to_owned(),
+        (None, None) => "(none)".to_owned(),
+    }
 }

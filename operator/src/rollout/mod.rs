@@ -416,7 +416,8 @@ pub fn plan(view: &GroupView<'_>, policy: &Policy) -> Plan {
         policy,
     };
     let mut nodes: Vec<&NodeView> = view.nodes.iter().collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    // Node names are unique, so an unstable sort is deterministic too.
+    nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
 
     let mut actions = Vec::new();
     let mut tally = Tally::default();
@@ -431,11 +432,10 @@ pub fn plan(view: &GroupView<'_>, policy: &Policy) -> Plan {
             candidates.push(node);
             continue;
         }
-        let outcome = machine::advance(node, state, &env);
+        let outcome = machine::advance(node, state, &env, &mut actions);
         tally.unavailable += u32::from(outcome.unavailable(node));
         tally.in_progress += u32::from(outcome.state.is_some_and(UpgradeState::is_in_progress));
         states.add(outcome.state);
-        actions.extend(outcome.actions);
     }
 
     // Then starts: nodes already out of service cost no budget, so they go first.
@@ -450,12 +450,11 @@ pub fn plan(view: &GroupView<'_>, policy: &Policy) -> Plan {
         }
         match admit(node, &tally, policy) {
             Ok(()) => {
-                let outcome = machine::start(node, &env, &tally);
+                let outcome = machine::start(node, &env, &tally, &mut actions);
                 tally.unavailable += u32::from(!is_unavailable(node));
                 tally.in_progress += 1;
                 started += 1;
                 states.add(outcome.state);
-                actions.extend(outcome.actions);
             }
             Err(reason) => {
                 blocked.get_or_insert(reason);
@@ -467,9 +466,8 @@ pub fn plan(view: &GroupView<'_>, policy: &Policy) -> Plan {
         blocked = Some(Blocked::NotReady { nodes: not_ready });
     }
     for node in &waiting {
-        let outcome = machine::wait(node, &env);
+        let outcome = machine::wait(node, &env, &mut actions);
         states.add(outcome.state);
-        actions.extend(outcome.actions);
     }
 
     Plan {

@@ -340,8 +340,13 @@ impl Cluster {
     /// Nodes `node-000`.. running [`OLD_REVISION`], rolled to [`NEW_REVISION`] under
     /// `policy` (its `paused` is the initial value).
     pub fn new(specs: Vec<NodeSpec>, policy: Policy, faults: Faults, seed: u64) -> Self {
-        let mut cluster = Self {
-            nodes: Vec::with_capacity(specs.len()),
+        let nodes = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| initial_node(i, spec))
+            .collect();
+        Self {
+            nodes,
             desired: NEW_REVISION.to_owned(),
             daemonset_revision: NEW_REVISION.to_owned(),
             now: 0,
@@ -353,50 +358,7 @@ impl Cluster {
             rng: XorShift::new(seed),
             seq: 0,
             stats: Stats::default(),
-        };
-        for (i, spec) in specs.into_iter().enumerate() {
-            let name = format!("node-{i:03}");
-            let daemon_pod = |c: &mut Self, kind: &str| {
-                spec.has_pods
-                    .then(|| c.daemon_pod(kind, &name, OLD_REVISION, true, 0))
-            };
-            let (kmod, csi) = (
-                daemon_pod(&mut cluster, "kmod"),
-                daemon_pod(&mut cluster, "csi"),
-            );
-            let afs = spec
-                .pods
-                .iter()
-                .enumerate()
-                .map(|(j, p)| SimAfsPod {
-                    namespace: format!("ns{}", j % 3),
-                    name: format!("app-{i:03}-{j}"),
-                    non_interruptible: p.non_interruptible,
-                    runs_for: p.runs_for,
-                    terminating: false,
-                    stuck: false,
-                    countdown: 0,
-                })
-                .collect();
-            cluster.nodes.push(SimNode {
-                name,
-                ready: spec.ready,
-                down_for: None,
-                unschedulable: spec.admin_cordoned,
-                cordoned_by_operator: false,
-                admin_cordoned: spec.admin_cordoned,
-                state: None,
-                since: None,
-                target: None,
-                reason: String::new(),
-                kmod,
-                csi,
-                afs,
-                lingering: 0,
-                spec,
-            });
         }
-        cluster
     }
 
     pub fn now(&self) -> i64 {
@@ -625,8 +587,7 @@ impl Cluster {
         } else {
             0.0
         };
-        for i in 0..self.nodes.len() {
-            let node = &mut self.nodes[i];
+        for node in &mut self.nodes {
             if let Some(left) = node.down_for {
                 node.down_for = left.checked_sub(1).filter(|l| *l > 0);
                 node.ready = node.down_for.is_none();
@@ -645,8 +606,21 @@ impl Cluster {
             {
                 node.lingering = self.rng.range(1, 3);
             }
-            for kind in ["kmod", "csi"] {
-                self.advance_daemon_pod(i, kind);
+            let validate_ticks = node.spec.validate_ticks.max(1);
+            for (kind, slot) in [("kmod", &mut node.kmod), ("csi", &mut node.csi)] {
+                if slot.as_mut().is_some_and(advance_daemon_pod) {
+                    // Gone: the OnDelete DaemonSet creates the replacement at its revision.
+                    self.seq += 1;
+                    let revision = &self.daemonset_revision;
+                    *slot = Some(daemon_pod(
+                        kind,
+                        &node.name,
+                        self.seq,
+                        revision,
+                        false,
+                        validate_ticks,
+                    ));
+                }
             }
         }
     }
@@ -695,52 +669,75 @@ impl Cluster {
             }
         }
     }
+}
 
-    fn advance_daemon_pod(&mut self, i: usize, kind: &str) {
-        let validate_ticks = self.nodes[i].spec.validate_ticks.max(1);
-        let slot = if kind == "kmod" {
-            &mut self.nodes[i].kmod
-        } else {
-            &mut self.nodes[i].csi
-        };
-        let Some(pod) = slot else { return };
-        if pod.terminating {
-            pod.countdown = pod.countdown.saturating_sub(1);
-            if pod.countdown == 0 {
-                // Gone: the OnDelete DaemonSet creates the replacement at its revision.
-                let (name, revision) =
-                    (self.nodes[i].name.clone(), self.daemonset_revision.clone());
-                let new = self.daemon_pod(kind, &name, &revision, false, validate_ticks);
-                let slot = if kind == "kmod" {
-                    &mut self.nodes[i].kmod
-                } else {
-                    &mut self.nodes[i].csi
-                };
-                *slot = Some(new);
-            }
-        } else if !pod.ready {
-            pod.countdown = pod.countdown.saturating_sub(1);
-            pod.ready = pod.countdown == 0;
-        }
-    }
-
-    fn daemon_pod(
-        &mut self,
-        kind: &str,
-        node: &str,
-        revision: &str,
-        ready: bool,
-        countdown: u32,
-    ) -> SimDsPod {
-        self.seq += 1;
-        SimDsPod {
-            name: format!("{kind}-{node}-{}", self.seq),
-            revision: revision.to_owned(),
-            ready,
+/// Node `i` before the rollout: pods at [`OLD_REVISION`], no upgrade state.
+fn initial_node(i: usize, spec: NodeSpec) -> SimNode {
+    let name = format!("node-{i:03}");
+    let pod = |kind| {
+        spec.has_pods
+            .then(|| daemon_pod(kind, &name, 0, OLD_REVISION, true, 0))
+    };
+    let (kmod, csi) = (pod("kmod"), pod("csi"));
+    let afs = spec
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(j, p)| SimAfsPod {
+            namespace: format!("ns{}", j % 3),
+            name: format!("app-{i:03}-{j}"),
+            non_interruptible: p.non_interruptible,
+            runs_for: p.runs_for,
             terminating: false,
-            countdown,
-        }
+            stuck: false,
+            countdown: 0,
+        })
+        .collect();
+    SimNode {
+        name,
+        ready: spec.ready,
+        down_for: None,
+        unschedulable: spec.admin_cordoned,
+        cordoned_by_operator: false,
+        admin_cordoned: spec.admin_cordoned,
+        state: None,
+        since: None,
+        target: None,
+        reason: String::new(),
+        kmod,
+        csi,
+        afs,
+        lingering: 0,
+        spec,
     }
+}
+
+/// A DaemonSet pod named after its kind, node and a sequence number.
+fn daemon_pod(
+    kind: &str,
+    node: &str,
+    seq: u64,
+    revision: &str,
+    ready: bool,
+    countdown: u32,
+) -> SimDsPod {
+    SimDsPod {
+        name: format!("{kind}-{node}-{seq}"),
+        revision: revision.to_owned(),
+        ready,
+        terminating: false,
+        countdown,
+    }
+}
+
+/// One tick of a DaemonSet pod; true once a terminating pod is gone.
+fn advance_daemon_pod(pod: &mut SimDsPod) -> bool {
+    pod.countdown = pod.countdown.saturating_sub(1);
+    if pod.terminating {
+        return pod.countdown == 0;
+    }
+    pod.ready |= pod.countdown == 0;
+    false
 }
 
 fn advance_afs_pod(pod: &mut SimAfsPod) {

@@ -70,12 +70,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
         i += 1;
@@ -102,7 +103,7 @@ fn fields_match(object: &Value, selector: &str) -> bool {
 }
 
 fn field<'a>(object: &'a Value, path: &str) -> Option<&'a str> {
-    path.split('.').fold(Some(object), |o, k| o?.get(k))?.as_str()
+    path.split('.').try_fold(object, |o, k| o.get(k))?.as_str()
 }
 
 fn status(code: u16, reason: &str, message: &str) -> (StatusCode, Value) {
@@ -143,7 +144,10 @@ impl FakeApi {
     pub fn put(&self, collection: &str, object: Value) {
         let t = parse(collection);
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let namespace = object["metadata"]["namespace"].as_str().unwrap_or(&t.namespace).to_owned();
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(&t.namespace)
+            .to_owned();
         let mut state = self.state.lock().unwrap();
         state.store((t.prefix, t.plural, namespace, name), object, None);
     }
@@ -170,11 +174,12 @@ impl FakeApi {
 
     pub fn remove(&self, collection: &str, namespace: &str, name: &str) {
         let t = parse(collection);
-        self.state
-            .lock()
-            .unwrap()
-            .objects
-            .remove(&(t.prefix, t.plural, namespace.to_owned(), name.to_owned()));
+        self.state.lock().unwrap().objects.remove(&(
+            t.prefix,
+            t.plural,
+            namespace.to_owned(),
+            name.to_owned(),
+        ));
     }
 
     /// Write requests since the last call.
@@ -190,11 +195,21 @@ impl FakeApi {
         writes
     }
 
-    fn handle(&self, method: &Method, uri: &http::Uri, content_type: &str, body: &[u8]) -> (StatusCode, Value) {
+    fn handle(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        content_type: &str,
+        body: &[u8],
+    ) -> (StatusCode, Value) {
         let mut state = self.state.lock().unwrap();
         state.requests.push((method.clone(), uri.path().to_owned()));
         let t = parse(uri.path());
-        let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).unwrap() };
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).unwrap()
+        };
         let Some(name) = t.name.clone() else {
             return match *method {
                 Method::GET => {
@@ -204,15 +219,23 @@ impl FakeApi {
                         .objects
                         .iter()
                         .filter(|((p, r, ns, _), _)| {
-                            *p == t.prefix && *r == t.plural && (t.namespace.is_empty() || *ns == t.namespace)
+                            *p == t.prefix
+                                && *r == t.plural
+                                && (t.namespace.is_empty() || *ns == t.namespace)
                         })
                         .map(|(_, v)| v.clone())
                         .filter(|v| labels_match(v, &labels) && fields_match(v, &fields))
                         .collect();
-                    (StatusCode::OK, json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}))
+                    (
+                        StatusCode::OK,
+                        json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    )
                 }
                 Method::POST => {
-                    let name = body["metadata"]["name"].as_str().unwrap_or("generated").to_owned();
+                    let name = body["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("generated")
+                        .to_owned();
                     let key = (t.prefix, t.plural, t.namespace, name);
                     let stored = state.store(key, body, None);
                     (StatusCode::CREATED, stored)
@@ -220,11 +243,18 @@ impl FakeApi {
                 _ => status(405, "MethodNotAllowed", "unsupported"),
             };
         };
-        let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone(), name.clone());
+        let key = (
+            t.prefix.clone(),
+            t.plural.clone(),
+            t.namespace.clone(),
+            name.clone(),
+        );
         let current = state.objects.get(&key).cloned();
         match (method.clone(), t.subresource.as_deref(), current) {
             (Method::GET, _, Some(o)) => (StatusCode::OK, o),
-            (Method::GET, _, None) | (Method::DELETE, _, None) => status(404, "NotFound", &format!("{} {name} not found", t.plural)),
+            (Method::GET, _, None) | (Method::DELETE, _, None) => {
+                status(404, "NotFound", &format!("{} {name} not found", t.plural))
+            }
             (Method::DELETE, _, Some(o)) => {
                 state.objects.remove(&key);
                 (StatusCode::OK, o)
@@ -232,10 +262,17 @@ impl FakeApi {
             (Method::POST, Some("eviction"), Some(_)) => {
                 let id = format!("{}/{name}", t.namespace);
                 if state.pdb_protected.contains(&id) {
-                    return status(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+                    return status(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    );
                 }
                 state.objects.remove(&key);
-                (StatusCode::CREATED, json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}))
+                (
+                    StatusCode::CREATED,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+                )
             }
             (Method::POST, Some("eviction"), None) => status(404, "NotFound", "pod not found"),
             (Method::PATCH, sub, current) => {
@@ -246,23 +283,31 @@ impl FakeApi {
                     (None, _) => json!({"metadata": {"name": name}}),
                     (Some(o), _) => o.clone(),
                 };
-                if let (Some(cur), Some(rv)) = (&current, body["metadata"]["resourceVersion"].as_str()) {
-                    if cur["metadata"]["resourceVersion"].as_str() != Some(rv) {
-                        return status(409, "Conflict", "the object has been modified");
-                    }
+                if let (Some(cur), Some(rv)) =
+                    (&current, body["metadata"]["resourceVersion"].as_str())
+                    && cur["metadata"]["resourceVersion"].as_str() != Some(rv)
+                {
+                    return status(409, "Conflict", "the object has been modified");
                 }
                 if sub == Some("status") {
                     object["status"] = body["status"].clone();
                 } else if content_type.starts_with("application/json-patch") {
                     // As the API server: testing a missing path for null succeeds.
                     let mut ops = body.as_array().cloned().unwrap_or_default();
-                    for op in ops.iter().filter(|op| op["op"] == "test" && op["value"].is_null()) {
-                        if object.pointer(op["path"].as_str().unwrap()).is_some_and(|v| !v.is_null()) {
+                    for op in ops
+                        .iter()
+                        .filter(|op| op["op"] == "test" && op["value"].is_null())
+                    {
+                        if object
+                            .pointer(op["path"].as_str().unwrap())
+                            .is_some_and(|v| !v.is_null())
+                        {
                             return status(422, "Invalid", "json patch test failed");
                         }
                     }
                     ops.retain(|op| !(op["op"] == "test" && op["value"].is_null()));
-                    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
+                    let patch: json_patch::Patch =
+                        serde_json::from_value(Value::Array(ops)).unwrap();
                     if json_patch::patch(&mut object, &patch).is_err() {
                         return status(422, "Invalid", "json patch test failed");
                     }
