@@ -400,12 +400,7 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
             driver,
         };
         let view = observe::node_view(&facts);
-        let serving = view.module_ready
-            && view.driver_registered
-            && [&view.kmod_pod, &view.csi_pod].iter().all(|p| {
-                p.as_ref()
-                    .is_some_and(|p| p.ready && p.revision.as_deref() == Some(&revision))
-            });
+        let serving = observe::serves(&view, &revision);
         let kernel_label = observe::node_kernel(node).map(objects::kernel_label_value);
         serving_nodes += u32::from(serving);
         if let Some(patch) = nodes::node_patch(node, kernel_label.as_deref(), !serving) {

@@ -153,6 +153,17 @@ pub fn node_view(facts: &NodeFacts<'_>) -> NodeView {
     }
 }
 
+/// The node can mount AFS for pods: module loaded, driver registered, and both of our
+/// pods Ready at `revision`. Until then it keeps the readiness taint.
+pub fn serves(view: &NodeView, revision: &str) -> bool {
+    view.module_ready
+        && view.driver_registered
+        && [&view.kmod_pod, &view.csi_pod].iter().all(|p| {
+            p.as_ref()
+                .is_some_and(|p| p.ready && p.revision.as_deref() == Some(revision))
+        })
+}
+
 /// Pods indexed by the node they run on.
 pub fn by_node(pods: &[Pod]) -> BTreeMap<&str, Vec<&Pod>> {
     let mut map: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
@@ -168,6 +179,48 @@ pub fn by_node(pods: &[Pod]) -> BTreeMap<&str, Vec<&Pod>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_node_serves_only_with_module_driver_and_both_pods_ready_at_the_revision() {
+        let pod = |revision: &str, ready| {
+            Some(PodView {
+                name: "p".into(),
+                revision: Some(revision.into()),
+                ready,
+                terminating: false,
+            })
+        };
+        let view = NodeView {
+            module_ready: true,
+            driver_registered: true,
+            kmod_pod: pod("r2", true),
+            csi_pod: pod("r2", true),
+            ..NodeView::default()
+        };
+        assert!(serves(&view, "r2"));
+        assert!(!serves(&view, "r3"), "old revision");
+        assert!(!serves(
+            &NodeView {
+                csi_pod: pod("r2", false),
+                ..view.clone()
+            },
+            "r2"
+        ));
+        assert!(!serves(
+            &NodeView {
+                driver_registered: false,
+                ..view.clone()
+            },
+            "r2"
+        ));
+        assert!(!serves(
+            &NodeView {
+                kmod_pod: None,
+                ..view
+            },
+            "r2"
+        ));
+    }
 
     fn pod(volumes: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
