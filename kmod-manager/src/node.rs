@@ -145,16 +145,8 @@ impl NodeReporter {
                 },
                 "spec": { "taints": taints },
             });
-            match self
-                .api
-                .patch(
-                    &self.node,
-                    &PatchParams::apply(FIELD_MANAGER),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(_) => {
+            match self.merge_patch(&patch).await {
+                Ok(()) => {
                     info!(node = %self.node, ready, "node readiness reported");
                     return Ok(());
                 }
@@ -162,6 +154,17 @@ impl NodeReporter {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    async fn merge_patch(&self, patch: &serde_json::Value) -> Result<(), kube::Error> {
+        self.api
+            .patch(
+                &self.node,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Merge(patch),
+            )
+            .await
+            .map(drop)
     }
 
     /// Until `stop` turns true (or its sender is gone): every `interval`, `observe` the
@@ -211,16 +214,8 @@ impl NodeReporter {
         let Some(patch) = usage_patch(last.as_ref(), &now) else {
             return;
         };
-        match self
-            .api
-            .patch(
-                &self.node,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {
+        match self.merge_patch(&patch).await {
+            Ok(()) => {
                 info!(node = %self.node, published_volumes = now.csi_targets, in_use = %now, "node usage annotations updated");
                 *last = Some(now);
             }
