@@ -131,7 +131,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    let managed =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={}", objects::MANAGED_BY));
     let controller = Controller::new(
         Api::<SpecialResource>::all(client.clone()),
         watcher::Config::default(),
@@ -502,16 +503,22 @@ fn verdicts(
     desired: &Desired,
 ) -> ([Verdict; 3], &'static str) {
     let ready = counts.total > 0 && counts.ready == counts.total;
-    let mut problems: Vec<String> = desired.unmapped.iter().map(|u| u.message.clone()).collect();
+    // (reason, message); the first problem names the Degraded reason.
+    let mut problems: Vec<(&'static str, String)> = desired
+        .unmapped
+        .iter()
+        .map(|u| ("KernelWithoutMapping", u.message.clone()))
+        .collect();
     if counts.failed > 0 {
-        problems.push(format!(
+        let message = format!(
             "{} node(s) failed their upgrade: {}",
             counts.failed,
             failed.join(", ")
-        ));
+        );
+        problems.push(("UpgradeFailed", message));
     }
     if !overlap.is_empty() {
-        problems.push(overlap.to_owned());
+        problems.push(("NodeGroupOverlap", overlap.to_owned()));
     }
     let progressing = counts.upgrading + counts.upgrade_required > 0 || counts.ready < counts.total;
     let state = if !problems.is_empty() {
@@ -538,31 +545,16 @@ fn verdicts(
             } else {
                 Verdict::new(PROGRESSING, false, "UpToDate", nodes)
             },
-            if problems.is_empty() {
-                Verdict::new(DEGRADED, false, "AsExpected", "")
-            } else {
-                Verdict::new(
-                    DEGRADED,
-                    true,
-                    degraded_reason(desired, counts, overlap),
-                    problems.join("; "),
-                )
+            match problems.first() {
+                None => Verdict::new(DEGRADED, false, "AsExpected", ""),
+                Some((reason, _)) => {
+                    let messages: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
+                    Verdict::new(DEGRADED, true, reason, messages.join("; "))
+                }
             },
         ],
         state,
     )
-}
-
-fn degraded_reason(desired: &Desired, counts: &NodeCounts, overlap: &str) -> &'static str {
-    if !desired.unmapped.is_empty() {
-        "KernelWithoutMapping"
-    } else if counts.failed > 0 {
-        "UpgradeFailed"
-    } else if !overlap.is_empty() {
-        "NodeGroupOverlap"
-    } else {
-        "AsExpected"
-    }
 }
 
 async fn write_status(
@@ -884,14 +876,15 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     let users = observe::by_node(&observed.afs_pods);
     let all = ctx.srs.state();
     let live = group::live_by_age(&all);
+    // A node that another live SR also selects is not ours to release.
+    let taken_by_other = |node: &Node| {
+        live.iter()
+            .any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels()))
+    };
     let mut in_use = Vec::new();
     for node in &observed.nodes {
         let node_name = node.name_any();
-        // A node that another (live) SR also selects is not ours to release.
-        if live
-            .iter()
-            .any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels()))
-        {
+        if taken_by_other(node) {
             continue;
         }
         let pods: Vec<String> = users
@@ -901,16 +894,7 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
             .iter()
             .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
             .collect();
-        let published = observe::node_view(&NodeFacts {
-            node,
-            kmod_pod: None,
-            csi_pod: None,
-            afs_pods: Vec::new(),
-            csi_node: None,
-            driver: &sr.spec.csi.driver_name,
-        })
-        .published_volumes
-        .unwrap_or(0);
+        let published = observe::published_volumes(node).unwrap_or(0);
         if !pods.is_empty() || published > 0 {
             in_use.push(NodeUsage {
                 node: node_name,
@@ -979,10 +963,7 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         let Some(node) = node_api.get_opt(&observed_node.name_any()).await? else {
             continue;
         };
-        if live
-            .iter()
-            .any(|o| o.name_any() != name && group::selects(&o.spec.node_selector, node.labels()))
-        {
+        if taken_by_other(&node) {
             continue;
         }
         if let Some(patch) = nodes::release_patch(&node) {
@@ -1018,7 +999,7 @@ async fn delete_objects(
     {
         let api = Api::<CSIDriver>::all(c.clone());
         if api.get_opt(driver).await?.is_some_and(|d| {
-            d.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER)
+            d.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(objects::MANAGED_BY)
         }) {
             ctx.metrics.write();
             api.delete(driver, &DeleteParams::background()).await?;

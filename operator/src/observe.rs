@@ -92,6 +92,14 @@ fn finished(pod: &Pod) -> bool {
     )
 }
 
+/// CSI volumes of the driver published on the node, as kmod-manager last reported;
+/// `None` when it never did.
+pub fn published_volumes(node: &Node) -> Option<u32> {
+    node.annotations()
+        .get(PUBLISHED_VOLUMES_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+}
+
 /// Everything the planner needs to know about one node.
 #[derive(Debug)]
 pub struct NodeFacts<'a> {
@@ -143,9 +151,7 @@ pub fn node_view(facts: &NodeFacts<'_>) -> NodeView {
                 terminating: p.metadata.deletion_timestamp.is_some(),
             })
             .collect(),
-        published_volumes: annotations
-            .get(PUBLISHED_VOLUMES_ANNOTATION)
-            .and_then(|v| v.parse().ok()),
+        published_volumes: published_volumes(node),
         module_ready: labels.get(KMOD_READY_LABEL).is_some_and(|v| v == "true"),
         driver_registered: facts
             .csi_node

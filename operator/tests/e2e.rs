@@ -394,15 +394,10 @@ async fn end_to_end_on_a_bare_control_plane() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let id = format!(
-        "{:x}",
-        std::process::id()
-            ^ (Instant::now().elapsed().as_nanos() as u32)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-    );
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let id = format!("{:x}", std::process::id() ^ clock.subsec_nanos());
     let run = Arc::new(Run {
         client: client.clone(),
         id,

@@ -41,7 +41,7 @@ pub use csi::DEFAULT_CLASS_ANNOTATION;
 pub use kmod::{KMOD_CONFIG_KEY, kmod_config, kmod_config_map_name, kmod_daemon_set_name};
 
 /// Value of [`MANAGED_BY_LABEL`] on every object built here.
-pub const MANAGED_BY: &str = "afs-operator";
+pub const MANAGED_BY: &str = crate::labels::FIELD_MANAGER;
 /// [`COMPONENT_LABEL`] of the module config and driver-container DaemonSets.
 pub const KMOD_COMPONENT: &str = "kmod";
 /// [`COMPONENT_LABEL`] of the CSI node plugin.
