@@ -874,6 +874,7 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     let name = sr.name_any();
     let observed = observe(sr, &ctx.client).await?;
     let users = observe::by_node(&observed.afs_pods);
+    let own = observe::by_node(&observed.own_pods);
     let all = ctx.srs.state();
     let live = group::live_by_age(&all);
     // A node that another live SR also selects is not ours to release.
@@ -902,7 +903,10 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
             });
             continue;
         }
-        if node.labels().get(RELEASE_LABEL) != Some(&name) {
+        // Only a node still running our pods needs releasing. A late pass (the SR
+        // already gone) then finds none and labels nothing it could not clean up.
+        let has_our_pods = own.contains_key(node_name.as_str());
+        if has_our_pods && node.labels().get(RELEASE_LABEL) != Some(&name) {
             patch_node(
                 ctx,
                 &node_name,
