@@ -30,13 +30,13 @@ use tracing::{info, instrument, warn};
 use crate::crd::{NodeCounts, NodeUsage, SpecialResource, SpecialResourceStatus};
 use crate::group::{self, NodeLabels};
 use crate::labels::{
-    COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL,
-    RELEASE_LABEL, REVISION_LABEL, SR_LABEL, UPGRADE_REASON_ANNOTATION, UPGRADE_SINCE_ANNOTATION,
+    CORDONED_BY_OPERATOR_ANNOTATION, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL, RELEASE_LABEL,
+    REVISION_LABEL, SR_LABEL, UPGRADE_REASON_ANNOTATION, UPGRADE_SINCE_ANNOTATION,
     UPGRADE_STATE_LABEL,
 };
 use crate::metrics::Metrics;
 use crate::objects::{self, Desired, Inputs};
-use crate::observe::{self, NodeFacts};
+use crate::observe::{self, GroupIndex, Observed};
 use crate::rollout::{self, GroupView, Plan, Policy, UPGRADE_TARGET_ANNOTATION, UpgradeState};
 use crate::status::{DEGRADED, PROGRESSING, READY, Verdict, merge_conditions};
 use crate::{diff, nodes};
@@ -140,8 +140,17 @@ pub async fn run(
     let store = controller.store();
     let ctx = Arc::new(Context::new(client.clone(), metrics, store.clone()));
     controller
-        .owns(Api::<DaemonSet>::all(client.clone()), managed.clone())
-        .owns(Api::<Deployment>::all(client.clone()), managed)
+        // Not `.owns`: kube-runtime would key a cluster-scoped owner with the child's
+        // namespace, a second key for the same SR, so two reconciles of one SR could
+        // run at once.
+        .watches(
+            Api::<DaemonSet>::all(client.clone()),
+            managed.clone(),
+            |o| owning_srs(&o),
+        )
+        .watches(Api::<Deployment>::all(client.clone()), managed, |o| {
+            owning_srs(&o)
+        })
         .watches(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
@@ -162,6 +171,18 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The SRs owning an object, keyed as the SR watch keys them (no namespace).
+fn owning_srs(object: &impl Resource) -> Vec<ObjectRef<SpecialResource>> {
+    object
+        .owner_references()
+        .iter()
+        .filter(|o| {
+            o.kind == "SpecialResource" && o.api_version == SpecialResource::api_version(&())
+        })
+        .map(|o| ObjectRef::new(&o.name))
+        .collect()
 }
 
 fn error_policy(sr: Arc<SpecialResource>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -192,17 +213,8 @@ pub async fn reconcile(sr: Arc<SpecialResource>, ctx: Arc<Context>) -> Result<Ac
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// What one reconcile observed about the group.
-struct Observed {
-    nodes: Vec<Node>,
-    /// Our DaemonSet pods (kmod and CSI node) by node.
-    own_pods: Vec<Pod>,
-    /// Pods using volumes of the driver.
-    afs_pods: Vec<Pod>,
-    csi_nodes: Vec<CSINode>,
-}
-
-async fn observe(sr: &SpecialResource, client: &Client) -> Result<Observed, Error> {
+/// Reads what one pass needs about the SR's node group (also used by `afsctl`).
+pub async fn observe_group(sr: &SpecialResource, client: &Client) -> Result<Observed, kube::Error> {
     let selector = sr
         .spec
         .node_selector
@@ -262,10 +274,6 @@ fn not_found_is_empty<K: Clone>(e: kube::Error) -> Result<kube::core::ObjectList
     }
 }
 
-fn component(pod: &Pod) -> Option<&str> {
-    pod.labels().get(COMPONENT_LABEL).map(String::as_str)
-}
-
 fn pod_node(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
 }
@@ -274,7 +282,7 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     let name = sr.name_any();
     let all = ctx.srs.state();
     let live = group::live_by_age(&all);
-    let observed = observe(sr, &ctx.client).await?;
+    let observed = observe_group(sr, &ctx.client).await?;
     let node_labels: Vec<NodeLabels<'_>> = observed
         .nodes
         .iter()
@@ -355,10 +363,7 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     }
 
     // Nodes: kernel label and readiness taint; shared nodes are left alone.
-    let own = observe::by_node(&observed.own_pods);
-    let users = observe::by_node(&observed.afs_pods);
-    let non_interrupt = sr.spec.rollout.pod_non_interrupt_labels.as_ref();
-    let driver = sr.spec.csi.driver_name.as_str();
+    let index = GroupIndex::new(sr, &observed);
     let mut views = Vec::new();
     let mut serving_nodes = 0;
     for node in observed
@@ -367,40 +372,7 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .filter(|n| !shared.contains(n.name_any().as_str()))
     {
         let node_name = node.name_any();
-        let mine = own
-            .get(node_name.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let current = |c: &str| {
-            mine.iter()
-                .copied()
-                .filter(|p| component(p) == Some(c))
-                // The old pod while it terminates: the swap is done only once it is gone.
-                .max_by_key(|p| p.metadata.deletion_timestamp.is_some())
-        };
-        let facts = NodeFacts {
-            node,
-            kmod_pod: current(objects::KMOD_COMPONENT),
-            csi_pod: current(objects::CSI_NODE_COMPONENT),
-            afs_pods: users
-                .get(node_name.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|p| {
-                    (
-                        *p,
-                        non_interrupt.is_some_and(|s| rollout::matches_selector(s, p.labels())),
-                    )
-                })
-                .collect(),
-            csi_node: observed
-                .csi_nodes
-                .iter()
-                .find(|c| c.name_any() == node_name),
-            driver,
-        };
-        let view = observe::node_view(&facts);
+        let view = index.view(node);
         let serving = observe::serves(&view, &revision);
         let kernel_label = observe::node_kernel(node).map(objects::kernel_label_value);
         serving_nodes += u32::from(serving);
@@ -872,9 +844,8 @@ async fn execute(
 /// the driver; report the rest; remove our objects once no module pod is left.
 async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     let name = sr.name_any();
-    let observed = observe(sr, &ctx.client).await?;
-    let users = observe::by_node(&observed.afs_pods);
-    let own = observe::by_node(&observed.own_pods);
+    let observed = observe_group(sr, &ctx.client).await?;
+    let index = GroupIndex::new(sr, &observed);
     let all = ctx.srs.state();
     let live = group::live_by_age(&all);
     // A node that another live SR also selects is not ours to release.
@@ -888,10 +859,8 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         if taken_by_other(node) {
             continue;
         }
-        let pods: Vec<String> = users
-            .get(node_name.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        let pods: Vec<String> = index
+            .users(&node_name)
             .iter()
             .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
             .collect();
@@ -905,7 +874,7 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         }
         // Only a node still running our pods needs releasing. A late pass (the SR
         // already gone) then finds none and labels nothing it could not clean up.
-        let has_our_pods = own.contains_key(node_name.as_str());
+        let has_our_pods = index.runs_own_pods(&node_name);
         if has_our_pods && node.labels().get(RELEASE_LABEL) != Some(&name) {
             patch_node(
                 ctx,
@@ -918,7 +887,7 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     let module_pods: Vec<&Pod> = observed
         .own_pods
         .iter()
-        .filter(|p| component(p) == Some(objects::KMOD_COMPONENT))
+        .filter(|p| observe::component(p) == Some(objects::KMOD_COMPONENT))
         .collect();
     if !module_pods.is_empty() {
         let waiting: Vec<&str> = module_pods.iter().filter_map(|p| pod_node(p)).collect();
@@ -1010,4 +979,23 @@ async fn delete_objects(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owned_object_maps_to_its_cluster_scoped_sr() {
+        let daemon_set: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "kmod", "namespace": "afs-g1", "ownerReferences": [
+                {"apiVersion": "afs.csi.auristor.com/v1alpha1", "kind": "SpecialResource", "name": "g1", "uid": "u1"},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "other", "uid": "u2"},
+            ]},
+        }))
+        .expect("daemon set");
+        let keys = owning_srs(&daemon_set);
+        assert_eq!(keys, vec![ObjectRef::<SpecialResource>::new("g1")]);
+        assert_eq!(keys[0].namespace, None, "the same key as the SR watch");
+    }
 }

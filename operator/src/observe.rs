@@ -6,11 +6,13 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod};
 use k8s_openapi::api::storage::v1::CSINode;
 use kube::ResourceExt;
 
+use crate::crd::SpecialResource;
 use crate::labels::{
-    CORDONED_BY_OPERATOR_ANNOTATION, KMOD_READY_LABEL, PUBLISHED_VOLUMES_ANNOTATION,
-    REVISION_LABEL, UPGRADE_SINCE_ANNOTATION, UPGRADE_STATE_LABEL,
+    COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, KMOD_READY_LABEL,
+    PUBLISHED_VOLUMES_ANNOTATION, REVISION_LABEL, UPGRADE_SINCE_ANNOTATION, UPGRADE_STATE_LABEL,
 };
-use crate::rollout::{AfsPod, NodeView, PodView, UPGRADE_TARGET_ANNOTATION, UpgradeState};
+use crate::objects::{CSI_NODE_COMPONENT, KMOD_COMPONENT};
+use crate::rollout::{self, AfsPod, NodeView, PodView, UPGRADE_TARGET_ANNOTATION, UpgradeState};
 
 /// The NodeReady condition is True.
 pub fn node_ready(node: &Node) -> bool {
@@ -179,6 +181,91 @@ pub fn by_node(pods: &[Pod]) -> BTreeMap<&str, Vec<&Pod>> {
         }
     }
     map
+}
+
+/// What one pass read about an SR's node group.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The nodes the SR's selector takes.
+    pub nodes: Vec<Node>,
+    /// Our DaemonSet pods (kmod and CSI node).
+    pub own_pods: Vec<Pod>,
+    /// Unfinished pods on the group's nodes using volumes of the driver.
+    pub afs_pods: Vec<Pod>,
+    pub csi_nodes: Vec<CSINode>,
+}
+
+/// `kmod`, `csi-node` or `csi-controller` for our pods.
+pub fn component(pod: &Pod) -> Option<&str> {
+    pod.labels().get(COMPONENT_LABEL).map(String::as_str)
+}
+
+/// [`Observed`] indexed by node, built once per pass.
+#[derive(Debug)]
+pub struct GroupIndex<'a> {
+    sr: &'a SpecialResource,
+    observed: &'a Observed,
+    own: BTreeMap<&'a str, Vec<&'a Pod>>,
+    users: BTreeMap<&'a str, Vec<&'a Pod>>,
+}
+
+impl<'a> GroupIndex<'a> {
+    pub fn new(sr: &'a SpecialResource, observed: &'a Observed) -> Self {
+        Self {
+            sr,
+            observed,
+            own: by_node(&observed.own_pods),
+            users: by_node(&observed.afs_pods),
+        }
+    }
+
+    /// Pods on `node` using volumes of the driver.
+    pub fn users(&self, node: &str) -> &[&'a Pod] {
+        self.users.get(node).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    pub fn runs_own_pods(&self, node: &str) -> bool {
+        self.own.contains_key(node)
+    }
+
+    /// The planner's view of one of the group's nodes.
+    pub fn view(&self, node: &'a Node) -> NodeView {
+        let name = node.name_any();
+        let mine = self
+            .own
+            .get(name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let current = |c: &str| {
+            mine.iter()
+                .copied()
+                .filter(|p| component(p) == Some(c))
+                // The old pod while it terminates: the swap is done only once it is gone.
+                .max_by_key(|p| p.metadata.deletion_timestamp.is_some())
+        };
+        let non_interrupt = self.sr.spec.rollout.pod_non_interrupt_labels.as_ref();
+        node_view(&NodeFacts {
+            node,
+            kmod_pod: current(KMOD_COMPONENT),
+            csi_pod: current(CSI_NODE_COMPONENT),
+            afs_pods: self
+                .users(&name)
+                .iter()
+                .map(|p| {
+                    (
+                        *p,
+                        non_interrupt.is_some_and(|s| rollout::matches_selector(s, p.labels())),
+                    )
+                })
+                .collect(),
+            csi_node: self
+                .observed
+                .csi_nodes
+                .iter()
+                .find(|c| c.name_any() == name),
+            driver: &self.sr.spec.csi.driver_name,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::collections::BTreeMap;
+#[path = "common/kubelet.rs"]
+mod kubelet;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
 
-const DRIVER: &str = "auristorfs.csi.auristor.com";
+use kubelet::{DRIVER, Kubelet, running};
+
 const MANAGER: &str = "afs-e2e";
 
 async fn client() -> Option<Client> {
@@ -106,33 +109,9 @@ impl Run {
     }
 
     async fn create_node(&self, i: usize) {
-        let nodes = Api::<Node>::all(self.client.clone());
         let name = self.node(i);
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"e2e-group": self.group(), "kubernetes.io/hostname": name}},
-        }))
-        .unwrap();
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-        let status = json!({"status": {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "played by the test",
-                "lastHeartbeatTime": "2026-11-21T00:00:00Z", "lastTransitionTime": "2026-11-21T00:00:00Z"}],
-            "nodeInfo": {"kernelVersion": "6.1.0-56-amd64", "machineID": "m", "systemUUID": "s", "bootID": "b",
-                "kubeProxyVersion": "", "osImage": "Debian", "containerRuntimeVersion": "containerd://2",
-                "kubeletVersion": "v1.36.0", "operatingSystem": "linux", "architecture": "amd64"}
-        }});
-        nodes
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .unwrap();
-        // As the node lifecycle controller does once the node is Ready.
-        nodes
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"taints": null}})),
-            )
-            .await
-            .unwrap();
+        let labels = json!({"e2e-group": self.group(), "kubernetes.io/hostname": name});
+        kubelet::create_node(&self.client, &name, labels).await;
     }
 
     fn sr(&self, suffix: &str, version: &str) -> Value {
@@ -187,117 +166,6 @@ impl Run {
         running(&pods, name).await;
     }
 
-    /// One pass of the kubelet's part on our nodes.
-    async fn play_kubelet(&self) {
-        let nodes_api = Api::<Node>::all(self.client.clone());
-        let our_nodes: Vec<String> = self.nodes().await.iter().map(|n| n.name_any()).collect();
-        let pods = Api::<Pod>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items;
-        let mut afs_on: BTreeMap<String, usize> = BTreeMap::new();
-        for pod in &pods {
-            let ns = pod.namespace().unwrap_or_default();
-            let api = Api::<Pod>::namespaced(self.client.clone(), &ns);
-            let bound = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-            let target = bound.clone().or_else(|| affinity_node(pod));
-            let Some(node) = target.filter(|n| our_nodes.contains(n)) else {
-                continue;
-            };
-            if pod.metadata.deletion_timestamp.is_some() {
-                if pod
-                    .labels()
-                    .get(labels::COMPONENT_LABEL)
-                    .map(String::as_str)
-                    == Some("kmod")
-                {
-                    // kmod-manager's shutdown report, before its pod is gone.
-                    let patch =
-                        json!({"metadata": {"labels": {labels::KMOD_READY_LABEL: "false"}}});
-                    nodes_api
-                        .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .unwrap();
-                }
-                // Containers stopped, volumes unmounted: the kubelet removes the pod.
-                let _ = api
-                    .delete(
-                        &pod.name_any(),
-                        &DeleteParams {
-                            grace_period_seconds: Some(0),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                continue;
-            }
-            if bound.is_none() {
-                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name_any()},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                let _ = api
-                    .create_subresource::<_, Value>(
-                        "binding",
-                        &pod.name_any(),
-                        &PostParams::default(),
-                        &binding,
-                    )
-                    .await;
-            }
-            if ns == self.apps() {
-                *afs_on.entry(node.clone()).or_default() += 1;
-            }
-            running(&api, &pod.name_any()).await;
-            if pod
-                .labels()
-                .get(labels::COMPONENT_LABEL)
-                .map(String::as_str)
-                == Some("csi-node")
-            {
-                let csi_node = json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": node},
-                    "spec": {"drivers": [{"name": DRIVER, "nodeID": node}]}});
-                Api::<CSINode>::all(self.client.clone())
-                    .patch(&node, &apply(), &Patch::Apply(&csi_node))
-                    .await
-                    .unwrap();
-            }
-        }
-        for node in &our_nodes {
-            let has_kmod = pods.iter().any(|p| {
-                p.labels().get(labels::COMPONENT_LABEL).map(String::as_str) == Some("kmod")
-                    && p.metadata.deletion_timestamp.is_none()
-                    && (p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(node)
-                        || affinity_node(p).as_ref() == Some(node))
-            });
-            if !has_kmod {
-                continue;
-            }
-            // As kmod-manager reports it while it runs.
-            let patch = json!({"metadata": {
-                "labels": {labels::KMOD_READY_LABEL: "true"},
-                "annotations": {labels::PUBLISHED_VOLUMES_ANNOTATION: afs_on.get(node).copied().unwrap_or(0).to_string()},
-            }});
-            let current = nodes_api.get(node).await.unwrap();
-            let same = current.labels().get(labels::KMOD_READY_LABEL)
-                == patch["metadata"]["labels"][labels::KMOD_READY_LABEL]
-                    .as_str()
-                    .map(str::to_owned)
-                    .as_ref()
-                && current
-                    .annotations()
-                    .get(labels::PUBLISHED_VOLUMES_ANNOTATION)
-                    .map(String::as_str)
-                    == patch["metadata"]["annotations"][labels::PUBLISHED_VOLUMES_ANNOTATION]
-                        .as_str();
-            if !same {
-                nodes_api
-                    .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-
     async fn cleanup(&self) {
         let srs = Api::<SpecialResource>::all(self.client.clone());
         for suffix in ["g1", "overlap"] {
@@ -319,44 +187,6 @@ impl Run {
                 .delete(&self.node(i), &DeleteParams::default())
                 .await;
         }
-    }
-}
-
-/// The node a DaemonSet pod is pinned to (the DaemonSet controller sets this affinity).
-fn affinity_node(pod: &Pod) -> Option<String> {
-    let terms = &pod
-        .spec
-        .as_ref()?
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms;
-    terms
-        .iter()
-        .flat_map(|t| t.match_fields.iter().flatten())
-        .find(|f| f.key == "metadata.name")?
-        .values
-        .as_ref()?
-        .first()
-        .cloned()
-}
-
-async fn running(api: &Api<Pod>, name: &str) {
-    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-    let Ok(pod) = api.get(name).await else { return };
-    let ready = pod
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if !ready {
-        let _ = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await;
     }
 }
 
@@ -412,10 +242,13 @@ async fn end_to_end_on_a_bare_control_plane() {
         },
     ));
     let kubelet = {
-        let run = run.clone();
+        let kubelet = Kubelet {
+            client: client.clone(),
+            node_selector: format!("e2e-group={}", run.group()),
+        };
         tokio::spawn(async move {
             loop {
-                run.play_kubelet().await;
+                kubelet.pass().await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         })
