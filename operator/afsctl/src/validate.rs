@@ -61,7 +61,35 @@ pub fn special_resource_value(object: &Value) -> Result<SpecialResource, Invalid
     }
     let sr: SpecialResource = serde_json::from_value(object.clone())
         .map_err(|e| InvalidSpecialResource::Rules(vec![e.to_string()]))?;
+    let mut unknown = Vec::new();
+    let known = serde_json::to_value(&sr).unwrap_or_default();
+    unknown_fields(&object["spec"], &known["spec"], "/spec", &mut unknown);
+    if !unknown.is_empty() {
+        return Err(InvalidSpecialResource::Rules(unknown));
+    }
     sr.validate_cel()
         .map_err(|e| InvalidSpecialResource::Rules(vec![e.to_string()]))?;
     Ok(sr)
+}
+
+/// Fields of `given` that the types do not know: the API server would drop them
+/// without a word, so a misspelt `mapVolume:` would deploy with no map volumes.
+fn unknown_fields(given: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
+    match (given, known) {
+        (Value::Object(given), Value::Object(known)) => {
+            for (key, value) in given.iter().filter(|(_, v)| !v.is_null()) {
+                let here = format!("{path}/{key}");
+                match known.get(key) {
+                    Some(k) => unknown_fields(value, k, &here, out),
+                    None => out.push(format!("{here}: unknown field")),
+                }
+            }
+        }
+        (Value::Array(given), Value::Array(known)) => {
+            for (i, (g, k)) in given.iter().zip(known).enumerate() {
+                unknown_fields(g, k, &format!("{path}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
 }

@@ -145,6 +145,16 @@ fn bad_specs_are_refused_naming_the_field() {
             "/spec/rollout/maxParallel",
         ),
         (
+            "/spec/kmod/mapVolume",
+            json!([]),
+            "/spec/kmod/mapVolume: unknown field",
+        ),
+        (
+            "/spec/rollout/maxParallels",
+            json!(5),
+            "/spec/rollout/maxParallels: unknown field",
+        ),
+        (
             "/spec/rollout/eviction",
             json!({"timeoutSeconds": 0}),
             "/spec/rollout/eviction/timeoutSeconds",

@@ -63,9 +63,11 @@ pub(super) fn node_daemon_set(ctx: &Ctx<'_>) -> DaemonSet {
     );
     // Publishing needs mounts that propagate back to the host (kubelet and the pod's
     // containers must see them): Bidirectional propagation is only allowed in
-    // privileged containers.
+    // privileged containers. Root explicitly: the image runs as 65532 by default (for
+    // the controller), and a privileged non-root process still cannot mount.
     driver.security_context = Some(SecurityContext {
         privileged: Some(true),
+        run_as_user: Some(ROOT),
         read_only_root_filesystem: Some(true),
         ..SecurityContext::default()
     });
