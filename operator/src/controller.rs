@@ -888,6 +888,8 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .own_pods
         .iter()
         .filter(|p| observe::component(p) == Some(objects::KMOD_COMPONENT))
+        // A pod never scheduled loaded nothing; it goes with its DaemonSet.
+        .filter(|p| pod_node(p).is_some())
         .collect();
     if !module_pods.is_empty() {
         let waiting: Vec<&str> = module_pods.iter().filter_map(|p| pod_node(p)).collect();

@@ -565,3 +565,42 @@ async fn deletion_waits_for_afs_pods_node_by_node_then_removes_everything() {
         assert!(ours.is_empty(), "{n}: {ours:?}");
     }
 }
+
+#[tokio::test]
+async fn deletion_does_not_wait_for_module_pods_that_were_never_scheduled() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    // The DaemonSet controller made a pod that no scheduler ever placed.
+    let template =
+        h.api.list(DAEMON_SETS).into_iter().find(|d| {
+            d["spec"]["template"]["metadata"]["labels"][labels::COMPONENT_LABEL] == "kmod"
+        });
+    let labels =
+        template.expect("kmod DaemonSet")["spec"]["template"]["metadata"]["labels"].clone();
+    h.api.put(
+        "/api/v1/namespaces/afs-group-1/pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "kmod-pending", "namespace": "afs-group-1", "labels": labels},
+            "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}}),
+    );
+    let mut deleting = h.api.get(SRS, "", "group-1").unwrap();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T01:00:00Z");
+    h.api.put(SRS, deleting);
+    h.reconcile("group-1").await;
+    assert!(
+        h.api.list(DAEMON_SETS).is_empty(),
+        "a pod that loaded nothing does not hold the deletion: {}",
+        h.status("group-1")
+    );
+    assert!(
+        h.sr("group-1")
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_none_or(Vec::is_empty),
+        "finalizer removed"
+    );
+}
