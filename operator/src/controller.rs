@@ -215,13 +215,7 @@ pub async fn reconcile(sr: Arc<SpecialResource>, ctx: Arc<Context>) -> Result<Ac
 
 /// Reads what one pass needs about the SR's node group (also used by `afsctl`).
 pub async fn observe_group(sr: &SpecialResource, client: &Client) -> Result<Observed, kube::Error> {
-    let selector = sr
-        .spec
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = group::selector_string(&sr.spec.node_selector);
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -311,7 +305,7 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         // Refused: an older SR already serves these nodes; we touch nothing.
         let status = SpecialResourceStatus {
             state: Some("Conflict".into()),
-            group: Some(group_string(sr)),
+            group: Some(group::selector_string(&sr.spec.node_selector)),
             ..Default::default()
         };
         let verdicts = [
@@ -414,7 +408,7 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let (verdicts, state) = verdicts(sr, &counts, &plan, &failed, &overlap_message, &desired);
     let status = SpecialResourceStatus {
-        group: Some(group_string(sr)),
+        group: Some(group::selector_string(&sr.spec.node_selector)),
         ready_nodes: Some(format!("{}/{}", counts.ready, counts.total)),
         state: Some(state.into()),
         revision: Some(revision.clone()),
@@ -430,15 +424,6 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     } else {
         BUSY_REQUEUE
     }))
-}
-
-fn group_string(sr: &SpecialResource) -> String {
-    sr.spec
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn node_counts(plan: &Plan, serving: u32, unmapped: usize) -> NodeCounts {
@@ -914,7 +899,7 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         };
         let status = SpecialResourceStatus {
             state: Some("Deleting".into()),
-            group: Some(group_string(sr)),
+            group: Some(group::selector_string(&sr.spec.node_selector)),
             in_use,
             ..sr.status.clone().unwrap_or_default()
         };

@@ -15,6 +15,15 @@ pub struct NodeLabels<'a> {
 }
 
 /// The node carries every label of the selector.
+/// The selector as a label selector string, `k=v,...` (list calls, status, messages).
+pub fn selector_string(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

@@ -20,27 +20,12 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
 
 use kubelet::{DRIVER, Kubelet, running};
 
 const MANAGER: &str = "afs-e2e";
-
-async fn client() -> Option<Client> {
-    let Ok(path) = std::env::var("AFS_E2E_KUBECONFIG") else {
-        eprintln!(
-            "skipping end-to-end test: set AFS_E2E_KUBECONFIG to the kubeconfig of a disposable cluster"
-        );
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig readable");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig valid");
-    Some(Client::try_from(config).expect("client"))
-}
 
 fn apply() -> PatchParams {
     PatchParams::apply(MANAGER).force()
@@ -219,7 +204,9 @@ fn state(node: &Node) -> String {
 /// pod), and deletion node by node.
 #[tokio::test]
 async fn end_to_end_on_a_bare_control_plane() {
-    let Some(client) = client().await else { return };
+    let Some((client, _)) = kubelet::e2e_client().await else {
+        return;
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()

@@ -85,12 +85,7 @@ pub fn load(file: &Path) -> Result<SpecialResource, CommandError> {
 }
 
 fn selector(sr: &SpecialResource) -> String {
-    sr.spec
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    group::selector_string(&sr.spec.node_selector)
 }
 
 #[derive(Debug, Clone)]

@@ -157,90 +157,39 @@ async fn main() -> std::process::ExitCode {
 async fn run(command: Command, target: &Target) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
     let deploy =
-        |file: &SrFile, create: &CreateMaps, wait: &Wait, operator: &Operator| DeployOptions {
+        |file: &SrFile, create: CreateMaps, wait: &Wait, operator: Operator| DeployOptions {
             file: file.file.clone(),
-            create_maps: create.create_maps.clone(),
+            create_maps: create.create_maps,
             timeout: wait.timeout,
-            operator_image: operator.operator_image.clone(),
+            operator_image: operator.operator_image,
         };
-    let undeploy =
-        |file: &SrFile, delete: &DeleteMaps, force: &Force, wait: &Wait| UndeployOptions {
-            file: file.file.clone(),
-            delete_maps: delete.delete_maps.clone(),
-            force: force.force,
-            timeout: wait.timeout,
-        };
-    match command {
+    let undeploy = |file: &SrFile, delete: DeleteMaps, force: Force, wait: &Wait| UndeployOptions {
+        file: file.file.clone(),
+        delete_maps: delete.delete_maps,
+        force: force.force,
+        timeout: wait.timeout,
+    };
+    // Undeploy first, then deploy: redeploy is both.
+    let (to_undeploy, to_deploy) = match command {
         Command::Validate { file, shell } => {
             let sr = commands::load(&file)?;
             let (name, namespace) = (kube::ResourceExt::name_any(&sr), &sr.spec.namespace);
             if shell {
                 writeln!(out, "{name} {namespace}")?;
             } else {
+                let file = file.display();
                 writeln!(
                     out,
-                    "{}: SpecialResource {name} (namespace {namespace}) is valid",
-                    file.display()
+                    "{file}: SpecialResource {name} (namespace {namespace}) is valid"
                 )?;
             }
+            return Ok(());
         }
         Command::Install { operator } => {
             let client = target.client().await?;
-            afsctl::install::ensure(&client, operator.operator_image.as_deref(), true, out).await?;
-        }
-        Command::Deploy {
-            file,
-            create,
-            wait,
-            operator,
-        } => {
-            let client = target.client().await?;
-            commands::deploy(
-                &client,
-                target,
-                &deploy(&file, &create, &wait, &operator),
-                out,
-            )
-            .await?;
-        }
-        Command::Undeploy {
-            file,
-            delete,
-            force,
-            wait,
-        } => {
-            let client = target.client().await?;
-            commands::undeploy(
-                &client,
-                target,
-                &undeploy(&file, &delete, &force, &wait),
-                out,
-            )
-            .await?;
-        }
-        Command::Redeploy {
-            file,
-            create,
-            delete,
-            force,
-            wait,
-            operator,
-        } => {
-            let client = target.client().await?;
-            commands::undeploy(
-                &client,
-                target,
-                &undeploy(&file, &delete, &force, &wait),
-                out,
-            )
-            .await?;
-            commands::deploy(
-                &client,
-                target,
-                &deploy(&file, &create, &wait, &operator),
-                out,
-            )
-            .await?;
+            let image = operator.operator_image.as_deref();
+            afsctl::install::ensure(&client, image, true, out).await?;
+            return Ok(());
         }
         Command::Status {
             name,
@@ -257,7 +206,38 @@ async fn run(command: Command, target: &Target) -> anyhow::Result<()> {
             };
             let client = target.client().await?;
             commands::follow(&client, &name, wait.timeout, watch, out).await?;
+            return Ok(());
         }
+        Command::Deploy {
+            file,
+            create,
+            wait,
+            operator,
+        } => (None, Some(deploy(&file, create, &wait, operator))),
+        Command::Undeploy {
+            file,
+            delete,
+            force,
+            wait,
+        } => (Some(undeploy(&file, delete, force, &wait)), None),
+        Command::Redeploy {
+            file,
+            create,
+            delete,
+            force,
+            wait,
+            operator,
+        } => (
+            Some(undeploy(&file, delete, force, &wait)),
+            Some(deploy(&file, create, &wait, operator)),
+        ),
+    };
+    let client = target.client().await?;
+    if let Some(options) = to_undeploy {
+        commands::undeploy(&client, target, &options, out).await?;
+    }
+    if let Some(options) = to_deploy {
+        commands::deploy(&client, target, &options, out).await?;
     }
     Ok(())
 }

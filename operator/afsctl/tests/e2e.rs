@@ -22,26 +22,11 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::storage::v1::CSINode;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubelet::{DRIVER, Kubelet, running};
 use serde_json::{Value, json};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-async fn connect() -> Option<(Client, PathBuf)> {
-    let Ok(path) = std::env::var("AFS_E2E_KUBECONFIG") else {
-        eprintln!(
-            "skipping afsctl end-to-end test: set AFS_E2E_KUBECONFIG to the kubeconfig of a disposable cluster"
-        );
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig readable");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig valid");
-    Some((Client::try_from(config).expect("client"), path.into()))
 }
 
 /// The example group-1 SpecialResource, renamed onto this run's nodes.
@@ -62,7 +47,7 @@ fn text(out: &[u8]) -> String {
 
 #[tokio::test]
 async fn deploy_status_and_undeploy_on_a_bare_control_plane() {
-    let Some((client, kubeconfig)) = connect().await else {
+    let Some((client, kubeconfig)) = kubelet::e2e_client().await else {
         return;
     };
     let clock = std::time::SystemTime::now()
@@ -99,7 +84,7 @@ async fn deploy_status_and_undeploy_on_a_bare_control_plane() {
     let dir = tempfile::tempdir().unwrap();
     let result = tokio::spawn(scenario(
         client.clone(),
-        kubeconfig,
+        kubeconfig.into(),
         id.clone(),
         dir.path().to_owned(),
     ))

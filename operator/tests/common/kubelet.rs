@@ -26,6 +26,26 @@ fn apply() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
+/// A client for the cluster named by `AFS_E2E_KUBECONFIG` (with its path), or `None`
+/// after saying why the test skips.
+pub async fn e2e_client() -> Option<(Client, String)> {
+    let Ok(path) = std::env::var("AFS_E2E_KUBECONFIG") else {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "skipping end-to-end test: set AFS_E2E_KUBECONFIG to the kubeconfig of a disposable cluster"
+            );
+        }
+        return None;
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig readable");
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .expect("kubeconfig valid");
+    Some((Client::try_from(config).expect("client"), path))
+}
+
 #[derive(Clone)]
 pub struct Kubelet {
     pub client: Client,
