@@ -72,7 +72,13 @@ prepare() {
     KERNEL=$TREE/boot/vmlinuz-$KVER
     [[ -f $KERNEL ]] || { say "no kernel image at $KERNEL"; exit 1; }
     INITRD=$LOGDIR/initramfs.cpio
-    "$HERE/build-initramfs" "$INITRD" "$BIN" "$KVER" "$TREE"
+    # The kmod driver container as built (scenario 12); images/build makes it when absent.
+    IMAGE_ROOTFS=${AFS_IMAGES_DIR:-$TARGET_DIR/images/oci}/kmod-rootfs
+    if [[ ! -d $IMAGE_ROOTFS ]]; then
+        say "no built kmod image at $IMAGE_ROOTFS: running images/build"
+        "$ROOT/images/build" >&2 || say "images/build failed; scenario 12 will fail"
+    fi
+    "$HERE/build-initramfs" "$INITRD" "$BIN" "$KVER" "$TREE" "$IMAGE_ROOTFS"
 }
 
 # boot SCENARIO LOGFILE: one VM boot; the serial console goes to LOGFILE (CR stripped).
