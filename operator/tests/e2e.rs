@@ -23,7 +23,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
 
-use kubelet::{DRIVER, Kubelet, running};
+use kubelet::Kubelet;
 
 const MANAGER: &str = "afs-e2e";
 
@@ -141,14 +141,7 @@ impl Run {
 
     async fn afs_pod(&self, name: &str, node: &str, labels: Value) {
         let pods = Api::<Pod>::namespaced(self.client.clone(), &self.apps());
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.example/app:1"}],
-                "volumes": [{"name": "afs", "csi": {"driver": DRIVER, "volumeAttributes": {"mount-type": "root"}}}]}
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        running(&pods, name).await;
+        kubelet::create_afs_pod(&pods, name, node, labels).await;
     }
 
     async fn cleanup(&self) {

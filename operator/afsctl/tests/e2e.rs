@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::storage::v1::CSINode;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use kubelet::{DRIVER, Kubelet, running};
+use kubelet::Kubelet;
 use serde_json::{Value, json};
 
 fn examples() -> PathBuf {
@@ -204,14 +204,7 @@ async fn scenario(client: Client, kubeconfig: PathBuf, id: String, dir: PathBuf)
         .await
         .unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), &apps);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "reader"},
-        "spec": {"nodeName": format!("{name}-n1"), "containers": [{"name": "app", "image": "registry.example/app:1"}],
-            "volumes": [{"name": "afs", "csi": {"driver": DRIVER, "volumeAttributes": {"mount-type": "root"}}}]}
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    running(&pods, "reader").await;
+    kubelet::create_afs_pod(&pods, "reader", &format!("{name}-n1"), json!({})).await;
     let undeploy = |force| UndeployOptions {
         file: file.clone(),
         delete_maps: delete_maps.clone(),

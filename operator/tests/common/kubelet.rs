@@ -203,6 +203,19 @@ pub async fn create_node(client: &Client, name: &str, labels: Value) {
         .unwrap();
 }
 
+/// A Running, Ready app pod on `node` mounting the whole AFS root through the driver
+/// (an inline CSI volume).
+pub async fn create_afs_pod(pods: &Api<Pod>, name: &str, node: &str, labels: Value) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.example/app:1"}],
+            "volumes": [{"name": "afs", "csi": {"driver": DRIVER, "volumeAttributes": {"mount-type": "root"}}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    running(pods, name).await;
+}
+
 /// An app pod using volumes of the driver inline (what the e2e tests create).
 fn uses_driver(pod: &Pod) -> bool {
     pod.spec

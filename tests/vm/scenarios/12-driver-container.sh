@@ -52,10 +52,8 @@ check "the container becomes ready (ready file)" [ -e $R/run/kmod-manager/ready 
 check "kafs and its chain are loaded from the image's tree" all_loaded
 check "/readyz answers ready" sh -c "wget -q -O - http://127.0.0.1:9808/readyz | grep -q ready"
 $BB mount -t afs none /afs -o dyn
-kill -TERM $CPID
-wait $CPID
+stop_daemon $CPID /tmp/c1.log
 rc=$?
-$BB sed 's/^/    | /' /tmp/c1.log
 check "SIGTERM with /afs mounted: the container exits 0" [ $rc -eq 0 ]
 check "SIGTERM with /afs mounted: kafs is kept loaded" loaded kafs
 check "the container logged why it kept the module" sh -c "grep -q 'keeping it loaded' /tmp/c1.log && grep -q '/afs' /tmp/c1.log"
@@ -64,23 +62,23 @@ $BB umount /afs
 start_container /tmp/c2.log
 wait_for $R/run/kmod-manager/ready 60
 check "a new container adopts the loaded module and becomes ready" [ -e $R/run/kmod-manager/ready ]
-kill -TERM $CPID
-wait $CPID
+stop_daemon $CPID /tmp/c2.log
 rc=$?
-$BB sed 's/^/    | /' /tmp/c2.log
 check "SIGTERM when idle: the container exits 0" [ $rc -eq 0 ]
 check "SIGTERM when idle: kafs and its chain are unloaded" none_loaded
 
+# in_image LOGFILE ARGS...: the image's kmod-manager in the image's root, like run_km.
+in_image() {
+    log=$1; shift
+    $BB env -i $($BB cat /etc/kmt/image.env) NO_COLOR=1 $BB chroot $R /usr/local/bin/kmod-manager "$@" >"$log" 2>&1
+    rc=$?; $BB sed 's/^/    | /' "$log"; return $rc
+}
 # openafs.ko exists only in the image: loading it proves the image's own module tree.
-$BB env -i $($BB cat /etc/kmt/image.env) NO_COLOR=1 \
-    $BB chroot $R /usr/local/bin/kmod-manager load --config /etc/kmod-manager/config.yaml --module openafs >/tmp/o1.log 2>&1
+in_image /tmp/o1.log load --config /etc/kmod-manager/config.yaml --module openafs
 rc=$?
-$BB sed 's/^/    | /' /tmp/o1.log
 check "the image's kmod-manager loads the DKMS-built openafs.ko from the image" sh -c "[ $rc -eq 0 ] && grep -q '^openafs ' /proc/modules"
-$BB env -i $($BB cat /etc/kmt/image.env) NO_COLOR=1 \
-    $BB chroot $R /usr/local/bin/kmod-manager unload --config /etc/kmod-manager/config.yaml --module openafs >/tmp/o2.log 2>&1
+in_image /tmp/o2.log unload --config /etc/kmod-manager/config.yaml --module openafs
 rc=$?
-$BB sed 's/^/    | /' /tmp/o2.log
 check "and unloads it, unused" sh -c "[ $rc -eq 0 ] && ! grep -q '^openafs ' /proc/modules"
 }
 if [ -x $R/usr/local/bin/kmod-manager ]; then

@@ -13,10 +13,8 @@ wget -q -O /tmp/metrics.txt http://127.0.0.1:9808/metrics
 check "/metrics reports the module loaded" contains /tmp/metrics.txt 'kmod_manager_module_loaded{module="kafs"} 1'
 check "/metrics reports ready" contains /tmp/metrics.txt 'kmod_manager_ready 1'
 $BB mount -t afs none /afs -o dyn
-kill -TERM $RPID
-wait $RPID
+stop_daemon $RPID /tmp/run1.log
 rc=$?
-$BB sed 's/^/    | /' /tmp/run1.log
 check "SIGTERM with /afs mounted: the daemon exits 0" [ $rc -eq 0 ]
 check "the module is kept" loaded kafs
 check "the daemon logged why it kept the module" sh -c "grep -q 'keeping it loaded' /tmp/run1.log && grep -q '/afs' /tmp/run1.log"
@@ -27,10 +25,8 @@ $KM run --config $CFG --image $IMG --ready-file /run/kmod/ready --listen 127.0.0
 RPID=$!
 wait_for /run/kmod/ready 30
 check "a restarted daemon adopts the loaded module and becomes ready" sh -c "[ -e /run/kmod/ready ] && grep -q 'already loaded' /tmp/run2.log"
-kill -TERM $RPID
-wait $RPID
+stop_daemon $RPID /tmp/run2.log
 rc=$?
-$BB sed 's/^/    | /' /tmp/run2.log
 check "SIGTERM with nothing mounted: the daemon exits 0" [ $rc -eq 0 ]
 check "the module and its dependencies are unloaded" none_loaded
 # A SIGTERM that arrives during the start (while loading) is not lost: the daemon finishes
@@ -39,10 +35,8 @@ $KM run --config $CFG --image $IMG --ready-file /run/kmod/ready --listen 127.0.0
 RPID=$!
 $BB usleep 150000
 check "the signal is sent while the module chain is still loading" sh -c "! grep -q 'module loaded and live' /tmp/run3.log"
-kill -TERM $RPID
-wait $RPID
+stop_daemon $RPID /tmp/run3.log
 rc=$?
-$BB sed 's/^/    | /' /tmp/run3.log
 check "SIGTERM during the start: the daemon exits 0" [ $rc -eq 0 ]
 check "SIGTERM during the start: the shutdown path ran after the load" sh -c "grep -q 'module loaded and live' /tmp/run3.log && grep -q 'shutting down' /tmp/run3.log"
 check "SIGTERM during the start: no ready file is left behind" [ ! -e /run/kmod/ready ]

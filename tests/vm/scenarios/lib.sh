@@ -22,6 +22,8 @@ all_loaded() { for m in $CHAIN; do loaded "$m" || return 1; done; return 0; }
 contains() { $BB grep -q -- "$2" "$1"; }
 # run_km LOGFILE ARGS...: runs kmod-manager, stdout+stderr to LOGFILE (echoed), returns its status.
 run_km() { log=$1; shift; $KM "$@" >"$log" 2>&1; rc=$?; $BB sed 's/^/    | /' "$log"; return $rc; }
+# stop_daemon PID LOGFILE: SIGTERM, wait, echo the log; returns the daemon's status.
+stop_daemon() { kill -TERM "$1"; wait "$1"; rc=$?; $BB sed 's/^/    | /' "$2"; return $rc; }
 # wait_for FILE SECONDS
 wait_for() { i=0; while [ ! -e "$1" ] && [ $i -lt $(($2 * 10)) ]; do $BB usleep 100000; i=$((i + 1)); done; [ -e "$1" ]; }
 finish() {
