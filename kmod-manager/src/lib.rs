@@ -4,7 +4,7 @@
 //! Pure decision modules: [`kernel`] (release parsing), [`mapping`] (image selection),
 //! [`modinfo`] (fit of a `.ko`), [`depmod`] (load order), [`guard`] (unload decision),
 //! [`status`] (rendering). I/O modules: [`state`], [`mounts`], [`loader`], [`unload`],
-//! [`daemon`], [`node`].
+//! [`daemon`], [`node`]; the module syscalls behind [`sys`].
 
 pub mod app;
 pub mod cli;
@@ -21,4 +21,5 @@ pub mod mounts;
 pub mod node;
 pub mod state;
 pub mod status;
+pub mod sys;
 pub mod unload;

@@ -4,13 +4,13 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use nix::kmod::{ModuleInitFlags, finit_module, init_module};
 use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
 use crate::depmod::{self, DepError, ModulesDep, module_path};
 use crate::modinfo::{FitError, ModInfo, ModinfoError, check_fit};
 use crate::state::{LoadedModule, ModuleState, StateError, SysPaths};
+use crate::sys::{Live, ModuleSyscalls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -282,8 +282,17 @@ pub fn observe(paths: &SysPaths, chain: &[(String, PathBuf)]) -> Result<Vec<Cand
 }
 
 /// Verifies the whole chain, then loads what is missing. Idempotent.
-#[instrument(skip_all, fields(module = %req.module, release = %req.release))]
 pub fn load(paths: &SysPaths, req: &LoadRequest) -> Result<LoadReport, LoadError> {
+    load_with(paths, req, &mut Live)
+}
+
+/// [`load`] through the given syscalls.
+#[instrument(skip_all, fields(module = %req.module, release = %req.release))]
+pub fn load_with(
+    paths: &SysPaths,
+    req: &LoadRequest,
+    sys: &mut impl ModuleSyscalls,
+) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let params = CString::new(req.parameters.join(" ")).map_err(|e| LoadError::Params {
         params: req.parameters.join(" "),
@@ -310,7 +319,7 @@ pub fn load(paths: &SysPaths, req: &LoadRequest) -> Result<LoadReport, LoadError
                     .iter()
                     .find(|c| c.name == *name)
                     .and_then(|c| c.image.as_deref());
-                insert(name, path, image, p)?;
+                insert(sys, name, path, image, p)?;
             }
             Step::AlreadyLoaded {
                 name,
@@ -345,6 +354,7 @@ pub fn load(paths: &SysPaths, req: &LoadRequest) -> Result<LoadReport, LoadError
 /// `finit_module` on the file, or `init_module` on the decompressed image of a
 /// compressed module (works whether or not the kernel can decompress modules itself).
 fn insert(
+    sys: &mut impl ModuleSyscalls,
     name: &str,
     path: &Path,
     image: Option<&[u8]>,
@@ -353,7 +363,7 @@ fn insert(
     let result = match image {
         Some(image) => {
             info!(module = %name, path = %path.display(), bytes = image.len(), "init_module (decompressed image)");
-            init_module(image, params)
+            sys.init_module(image, params)
         }
         None => {
             let file = std::fs::File::open(path).map_err(|source| LoadError::ReadFile {
@@ -361,7 +371,7 @@ fn insert(
                 source,
             })?;
             info!(module = %name, path = %path.display(), "finit_module");
-            finit_module(&file, params, ModuleInitFlags::empty())
+            sys.finit_module(&file, params)
         }
     };
     match result {

@@ -4,13 +4,13 @@ use std::ffi::CString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::kmod::{DeleteModuleFlags, delete_module};
 use serde::Serialize;
 use tracing::{info, instrument, warn};
 
 use crate::guard::{Decision, Facts, Usage, decide, usage};
 use crate::mounts::{CsiTarget, MountNamespace, ScanError, find_csi_targets, scan_namespaces};
 use crate::state::{ModuleState, StateError, SysPaths, dependency_closure};
+use crate::sys::{Live, ModuleSyscalls};
 
 /// What the guard watches.
 #[derive(Debug, Clone)]
@@ -143,12 +143,23 @@ fn blockers_of(d: &Decision) -> Vec<String> {
 
 /// Unloads the module if (and only if) the guard allows, then the dependencies that
 /// nothing else uses. With `wait`, polls every `poll` until safe or the time is up.
-#[instrument(skip_all, fields(module = %cfg.module))]
 pub fn unload(
     paths: &SysPaths,
     cfg: &GuardConfig,
     wait: Option<Duration>,
     poll: Duration,
+) -> Result<UnloadReport, UnloadError> {
+    unload_with(paths, cfg, wait, poll, &mut Live)
+}
+
+/// [`unload`] through the given syscalls.
+#[instrument(skip_all, fields(module = %cfg.module))]
+pub fn unload_with(
+    paths: &SysPaths,
+    cfg: &GuardConfig,
+    wait: Option<Duration>,
+    poll: Duration,
+    sys: &mut impl ModuleSyscalls,
 ) -> Result<UnloadReport, UnloadError> {
     let started = Instant::now();
     // Dependencies are learned before the module goes ("used by" columns).
@@ -188,7 +199,7 @@ pub fn unload(
             }
         }
     }
-    remove(&cfg.module)?;
+    remove(sys, &cfg.module)?;
     let mut report = UnloadReport {
         removed: vec![crate::depmod::normalize(&cfg.module)],
         kept: vec![],
@@ -197,7 +208,7 @@ pub fn unload(
         let table = paths.module_table()?;
         match paths.module_state(&table, &dep) {
             ModuleState::Loaded(m) if m.refcount == 0 && m.holders.is_empty() => {
-                match remove(&dep) {
+                match remove(sys, &dep) {
                     Ok(()) => report.removed.push(dep),
                     Err(e) => {
                         warn!(module = %dep, error = %e, "dependency stays loaded");
@@ -216,12 +227,13 @@ pub fn unload(
 }
 
 /// `delete_module` with O_NONBLOCK: fails with EWOULDBLOCK instead of waiting, never forced.
-fn remove(module: &str) -> Result<(), UnloadError> {
+fn remove(sys: &mut impl ModuleSyscalls, module: &str) -> Result<(), UnloadError> {
     let name = CString::new(crate::depmod::normalize(module))
         .map_err(|_| UnloadError::Name(module.to_owned()))?;
     info!(module, "delete_module(O_NONBLOCK)");
-    delete_module(&name, DeleteModuleFlags::O_NONBLOCK).map_err(|source| UnloadError::Delete {
-        module: module.to_owned(),
-        source,
-    })
+    sys.delete_module(&name)
+        .map_err(|source| UnloadError::Delete {
+            module: module.to_owned(),
+            source,
+        })
 }
