@@ -37,6 +37,15 @@ pub enum LoadError {
         #[source]
         source: ModinfoError,
     },
+    #[error(
+        "module {module} at {path} is refused: it decompresses to more than {} MiB ({limit} bytes), the limit for a module",
+        limit / (1024 * 1024)
+    )]
+    TooLarge {
+        module: String,
+        path: PathBuf,
+        limit: u64,
+    },
     #[error("module {module} at {path} does not fit this kernel: {source}")]
     Unfit {
         module: String,
@@ -210,6 +219,13 @@ pub fn plan(
         }
         let verified = match c.file {
             Some(Ok(verified)) => verified,
+            Some(Err(ModinfoError::TooLarge { limit, .. })) => {
+                return Err(LoadError::TooLarge {
+                    module: c.name,
+                    path: c.path,
+                    limit,
+                });
+            }
             Some(Err(source)) => {
                 return Err(LoadError::Corrupt {
                     module: c.name,

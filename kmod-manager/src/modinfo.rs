@@ -12,7 +12,20 @@ pub enum ModinfoError {
     Section(String),
     #[error("cannot decompress {kind} module: {reason}")]
     Decompress { kind: &'static str, reason: String },
+    #[error(
+        "{kind} module decompresses to more than {} MiB ({limit} bytes), the limit for a module",
+        limit / MIB
+    )]
+    TooLarge { kind: &'static str, limit: u64 },
 }
+
+const MIB: u64 = 1024 * 1024;
+
+/// The largest module image accepted from a compressed file, and the largest compressed
+/// file read. Real modules stay far below it (kafs is under 1 MiB; amdgpu.ko, the largest
+/// module of Debian's 6.1 kernel, is about 19 MiB uncompressed), so anything bigger is a
+/// decompression bomb: refused before the root daemon allocates more for it.
+pub const MAX_DECOMPRESSED_MODULE: u64 = 64 * MIB;
 
 /// How a module file is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,31 +56,235 @@ impl Compression {
     }
 }
 
-/// Decompresses a whole module image (`.ko.xz`, `.ko.zst`, `.ko.gz`) in memory.
-pub fn decompress(kind: Compression, data: &[u8]) -> Result<Vec<u8>, ModinfoError> {
-    use std::io::Read;
+/// Decompresses a whole module image (`.ko.xz`, `.ko.zst`, `.ko.gz`) in memory, refusing
+/// with [`ModinfoError::TooLarge`] as soon as it would exceed `limit` bytes: the output
+/// is streamed into a buffer that never grows past `limit`, and the sizes a header
+/// declares (zstd window and content size, the xz chunk sizes) are checked first.
+pub fn decompress(kind: Compression, data: &[u8], limit: u64) -> Result<Vec<u8>, ModinfoError> {
     let err = |reason: String| ModinfoError::Decompress {
         kind: kind.name(),
         reason,
     };
-    let mut out = Vec::with_capacity(data.len() * 3);
+    let too_large = ModinfoError::TooLarge {
+        kind: kind.name(),
+        limit,
+    };
     match kind {
-        Compression::None => out.extend_from_slice(data),
-        Compression::Xz => lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut out)
-            .map_err(|e| err(e.to_string()))?,
-        Compression::Zstd => {
-            ruzstd::decoding::StreamingDecoder::new(data)
-                .map_err(|e| err(e.to_string()))?
-                .read_to_end(&mut out)
-                .map_err(|e| err(e.to_string()))?;
+        Compression::None => {
+            if data.len() as u64 > limit {
+                return Err(too_large);
+            }
+            Ok(data.to_vec())
         }
-        Compression::Gzip => {
-            flate2::read::GzDecoder::new(data)
-                .read_to_end(&mut out)
-                .map_err(|e| err(e.to_string()))?;
+        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(data), kind, limit),
+        Compression::Zstd => {
+            let declared = zstd_declared(data).map_err(err)?;
+            if declared.window > limit || declared.content_size.is_some_and(|n| n > limit) {
+                return Err(too_large);
+            }
+            let decoder =
+                ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| err(e.to_string()))?;
+            read_bounded(decoder, kind, limit)
+        }
+        Compression::Xz => {
+            // lzma-rs keeps a whole xz block in memory before writing any of it, so the
+            // output cannot be bounded while streaming: the chunk headers are summed
+            // first, and the writer refuses anything beyond that sum.
+            let declared = xz_declared_size(data).map_err(err)?;
+            if declared > limit {
+                return Err(too_large);
+            }
+            let mut out = BoundedWriter {
+                out: Vec::with_capacity(usize::try_from(declared).unwrap_or(0)),
+                limit: declared,
+                exceeded: false,
+            };
+            let result = lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut out);
+            if out.exceeded {
+                return Err(too_large);
+            }
+            result.map_err(|e| err(e.to_string()))?;
+            Ok(out.out)
         }
     }
-    Ok(out)
+}
+
+/// Reads a decoder to its end into a buffer that grows geometrically but never past
+/// `limit`; one byte more is [`ModinfoError::TooLarge`].
+fn read_bounded(
+    mut reader: impl std::io::Read,
+    kind: Compression,
+    limit: u64,
+) -> Result<Vec<u8>, ModinfoError> {
+    let limit_len = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(ModinfoError::Decompress {
+                    kind: kind.name(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let len = out.len() + n;
+        if len > limit_len {
+            return Err(ModinfoError::TooLarge {
+                kind: kind.name(),
+                limit,
+            });
+        }
+        if len > out.capacity() {
+            let target = out.capacity().saturating_mul(2).max(len).min(limit_len);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A writer that takes at most `limit` bytes and then fails (and says so in `exceeded`).
+struct BoundedWriter {
+    out: Vec<u8>,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl std::io::Write for BoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.out.len() + buf.len()) as u64 > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other(
+                "decompressed image exceeds its limit",
+            ));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a zstd frame header declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZstdDeclared {
+    /// Bytes the decoder keeps for back-references (it reserves them up front).
+    pub window: u64,
+    pub content_size: Option<u64>,
+}
+
+/// Reads the sizes of a zstd frame header (RFC 8878, 3.1.1.1), pure.
+pub fn zstd_declared(data: &[u8]) -> Result<ZstdDeclared, String> {
+    let short = || "truncated zstd frame header".to_owned();
+    let descriptor = *data.get(4).ok_or_else(short)?;
+    let single_segment = descriptor & 0x20 != 0;
+    let mut pos = 5;
+    let window_descriptor = if single_segment {
+        None
+    } else {
+        pos += 1;
+        Some(*data.get(5).ok_or_else(short)?)
+    };
+    pos += [0, 1, 2, 4][usize::from(descriptor & 0x03)];
+    let fcs_len = match descriptor >> 6 {
+        0 if single_segment => 1,
+        0 => 0,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let content_size = if fcs_len == 0 {
+        None
+    } else {
+        let bytes = data.get(pos..pos + fcs_len).ok_or_else(short)?;
+        let mut le = [0u8; 8];
+        le[..fcs_len].copy_from_slice(bytes);
+        let n = u64::from_le_bytes(le);
+        Some(if fcs_len == 2 { n + 256 } else { n })
+    };
+    let window = match window_descriptor {
+        Some(wd) => {
+            let base = 1u64 << (10 + u32::from(wd >> 3));
+            base + (base / 8) * u64::from(wd & 0x07)
+        }
+        // A single segment's window is the whole content.
+        None => content_size.unwrap_or(0),
+    };
+    Ok(ZstdDeclared {
+        window,
+        content_size,
+    })
+}
+
+/// The decompressed size an xz stream declares: the sum of the unpacked sizes of its
+/// LZMA2 chunks, found by walking the block and chunk headers without decompressing
+/// anything (pure). The decoder produces exactly that much for a stream made by an xz
+/// encoder; the output writer refuses more in any case.
+///
+/// Known limit: lzma-rs 0.3 stops decoding an LZMA chunk once it has its declared size
+/// and reads the next header right there, so a hand-made chunk whose data ends before
+/// its declared packed size can hide further chunks from this walk, and lzma-rs buffers
+/// a whole block before the writer sees it. Closing that needs a decoder that bounds
+/// its own buffer.
+pub fn xz_declared_size(data: &[u8]) -> Result<u64, String> {
+    let truncated = || "truncated xz stream".to_owned();
+    let byte = |pos: usize| data.get(pos).copied().ok_or_else(truncated);
+    let be16 = |pos: usize| -> Result<u64, String> {
+        Ok(u64::from(byte(pos)?) << 8 | u64::from(byte(pos + 1)?))
+    };
+    // Stream header: magic (6), flags (2), CRC32 (4).
+    if data.get(..6) != Some(&[0xfd, b'7', b'z', b'X', b'Z', 0][..]) {
+        return Err("not an xz stream".to_owned());
+    }
+    let check_type = byte(7)? & 0x0f;
+    let check_size = match check_type {
+        0 => 0,
+        t => 4usize << ((t - 1) / 3),
+    };
+    let mut pos = 12;
+    let mut total: u64 = 0;
+    loop {
+        let header = byte(pos)?;
+        if header == 0 {
+            // The index: no more blocks.
+            return Ok(total);
+        }
+        pos += (usize::from(header) + 1) * 4;
+        loop {
+            let control = byte(pos)?;
+            pos += 1;
+            let unpacked = match control {
+                0x00 => break,
+                // Uncompressed chunk: its size, then its bytes.
+                0x01 | 0x02 => {
+                    let size = be16(pos)? + 1;
+                    pos += 2 + usize::try_from(size).map_err(|e| e.to_string())?;
+                    size
+                }
+                0x80..=0xff => {
+                    let unpacked = (u64::from(control & 0x1f) << 16 | be16(pos)?) + 1;
+                    let packed = be16(pos + 2)? + 1;
+                    // Properties follow when they are reset (control >= 0xc0).
+                    pos += 4 + usize::from(control >= 0xc0);
+                    pos += usize::try_from(packed).map_err(|e| e.to_string())?;
+                    unpacked
+                }
+                other => return Err(format!("invalid LZMA2 chunk control byte {other:#04x}")),
+            };
+            total = total
+                .checked_add(unpacked)
+                .ok_or_else(|| "xz sizes overflow".to_owned())?;
+        }
+        if pos > data.len() {
+            return Err(truncated());
+        }
+        // Block padding to a multiple of four, then the block's check.
+        pos = pos.next_multiple_of(4) + check_size;
+    }
 }
 
 /// Key/value pairs of `.modinfo`, in section order (keys may repeat, e.g. `alias`).
@@ -101,10 +318,25 @@ impl ModInfo {
                 Ok((Self::parse(&cache)?, None))
             }
             kind => {
+                // A compressed file larger than the limit cannot hold a module under it.
+                let too_large = ModinfoError::TooLarge {
+                    kind: kind.name(),
+                    limit: MAX_DECOMPRESSED_MODULE,
+                };
+                if file.metadata().map_err(io)?.len() > MAX_DECOMPRESSED_MODULE {
+                    return Err(too_large);
+                }
                 let mut raw = Vec::new();
                 reader.rewind().map_err(io)?;
-                reader.read_to_end(&mut raw).map_err(io)?;
-                let image = decompress(kind, &raw)?;
+                // Bounded again while reading: the file may grow meanwhile.
+                reader
+                    .take(MAX_DECOMPRESSED_MODULE + 1)
+                    .read_to_end(&mut raw)
+                    .map_err(io)?;
+                if raw.len() as u64 > MAX_DECOMPRESSED_MODULE {
+                    return Err(too_large);
+                }
+                let image = decompress(kind, &raw, MAX_DECOMPRESSED_MODULE)?;
                 Ok((Self::parse(image.as_slice())?, Some(image)))
             }
         }
@@ -308,6 +540,85 @@ mod tests {
             ModInfo::from_file(&std::fs::File::open(&p).expect("open")),
             Err(ModinfoError::Decompress { kind: "zstd", .. })
         ));
+    }
+
+    /// (b) Every format is cut off at the limit: one byte over is refused, the limit
+    /// itself is not.
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        use std::io::Write;
+        let image = vec![7u8; 300_000];
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&image).expect("gz");
+            e.finish().expect("gz")
+        };
+        let zst = ruzstd::encoding::compress_to_vec(
+            image.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut std::io::BufReader::new(image.as_slice()), &mut xz).expect("xz");
+        let len = image.len() as u64;
+        for (kind, data) in [
+            (Compression::Gzip, &gz),
+            (Compression::Zstd, &zst),
+            (Compression::Xz, &xz),
+            (Compression::None, &image),
+        ] {
+            assert_eq!(
+                decompress(kind, data, len - 1),
+                Err(ModinfoError::TooLarge {
+                    kind: kind.name(),
+                    limit: len - 1
+                }),
+                "{}",
+                kind.name()
+            );
+            assert_eq!(
+                decompress(kind, data, len).as_deref(),
+                Ok(image.as_slice()),
+                "{}",
+                kind.name()
+            );
+        }
+        assert_eq!(xz_declared_size(&xz), Ok(len));
+        assert!(xz_declared_size(&xz[..xz.len() / 2]).is_err(), "truncated");
+        assert!(xz_declared_size(b"not xz").is_err());
+    }
+
+    /// (b) What a zstd header declares is checked before the decoder reserves its window.
+    #[test]
+    fn zstd_header_sizes() {
+        // Window descriptor 0x68: 2^(10+13) = 8 MiB, no content size (zstd -19 on a pipe).
+        let piped = [0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x68];
+        assert_eq!(
+            zstd_declared(&piped),
+            Ok(ZstdDeclared {
+                window: 8 << 20,
+                content_size: None
+            })
+        );
+        // Single segment, 4-byte content size of 3 GiB: window = content.
+        let big = [0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0, 0, 0, 0xc0];
+        assert_eq!(
+            zstd_declared(&big),
+            Ok(ZstdDeclared {
+                window: 3 << 30,
+                content_size: Some(3 << 30)
+            })
+        );
+        assert!(matches!(
+            decompress(Compression::Zstd, &big, MAX_DECOMPRESSED_MODULE),
+            Err(ModinfoError::TooLarge { .. })
+        ));
+        // 2-byte content size is offset by 256.
+        let two = [0x28, 0xb5, 0x2f, 0xfd, 0x60, 0x00, 0x01];
+        assert_eq!(
+            zstd_declared(&two).map(|d| d.content_size),
+            Ok(Some(256 + 256))
+        );
+        assert!(zstd_declared(&piped[..5]).is_err());
     }
 
     #[test]
