@@ -12,6 +12,7 @@ use crate::depmod::normalize;
 use crate::kernel::{KernelRelease, KernelReleaseError};
 use crate::loader::{LoadError, LoadRequest};
 use crate::mapping::{MappingError, MappingSet, Selection};
+use crate::record::RecordStore;
 use crate::state::{StateError, SysPaths, dependency_closure};
 use crate::status::{ModuleStatus, StatusReport, render_table};
 use crate::unload::{GuardConfig, UnloadError, evaluate, unload};
@@ -62,6 +63,8 @@ pub struct Context {
     pub config: Option<(KmodConfig, MappingSet)>,
     pub load: LoadRequest,
     pub guard: GuardConfig,
+    /// The record of the modules we inserted.
+    pub store: RecordStore,
 }
 
 /// The running kernel release (uname), unless overridden.
@@ -136,6 +139,9 @@ impl Context {
             release,
             config,
             guard,
+            store: RecordStore {
+                dir: m.state_dir.clone(),
+            },
         })
     }
 
@@ -182,7 +188,7 @@ pub fn select(args: &SelectArgs, out: &mut dyn Write) -> Result<(), AppError> {
 
 pub fn load(args: &LoadArgs, out: &mut dyn Write) -> Result<(), AppError> {
     let ctx = Context::build(&args.module, None, &args.params)?;
-    let report = crate::loader::load(&ctx.paths, &ctx.load)?;
+    let report = crate::loader::load(&ctx.paths, &ctx.store, &ctx.load)?;
     match args.output {
         Output::Table => {
             for s in &report.steps {
@@ -238,17 +244,24 @@ pub fn unload_cmd(args: &UnloadArgs, out: &mut dyn Write) -> Result<(), AppError
         }
         return Ok(());
     }
-    let report = unload(&ctx.paths, &ctx.guard, args.wait, args.poll)?;
+    let report = unload(&ctx.paths, &ctx.store, &ctx.guard, args.wait, args.poll)?;
     match args.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
         Output::Table => {
-            if report.removed.is_empty() {
-                writeln!(out, "{}: not loaded", ctx.guard.module)?;
-            } else {
+            if !report.removed.is_empty() {
                 writeln!(out, "removed {}", report.removed.join(" "))?;
+            } else if report.left.is_empty() {
+                writeln!(out, "{}: not loaded", ctx.guard.module)?;
             }
             if !report.kept.is_empty() {
                 writeln!(out, "kept (still used) {}", report.kept.join(" "))?;
+            }
+            if !report.left.is_empty() {
+                writeln!(
+                    out,
+                    "left (not loaded by kmod-manager) {}",
+                    report.left.join(" ")
+                )?;
             }
         }
     }

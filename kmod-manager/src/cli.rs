@@ -82,6 +82,10 @@ pub struct ModuleArgs {
     /// Config file with module settings and kernel mappings.
     #[arg(long, env = "KMOD_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Directory of kmod-manager's record of the modules it inserted (only those are
+    /// ever unloaded); keep it across restarts of the daemon (tmpfs: a reboot clears it).
+    #[arg(long, env = "KMOD_STATE_DIR", default_value = crate::record::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Root of procfs (tests).
     #[arg(long, env = "KMOD_PROC_ROOT", default_value = "/proc", hide = true)]
     pub proc_root: PathBuf,

@@ -188,7 +188,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         info!(image = %sel.image, mapping = sel.index, matcher = %sel.matcher, kernel = %ctx.release, "kernel mapping selected");
         check_image(&sel, args.image.as_deref(), ctx.release.full())?;
     }
-    let report = crate::loader::load(&ctx.paths, &ctx.load).map_err(AppError::from)?;
+    let report = crate::loader::load(&ctx.paths, &ctx.store, &ctx.load).map_err(AppError::from)?;
     write_ready_file(
         &args.ready_file,
         &format!("{} {}\n", ctx.guard.module, ctx.release),
@@ -328,6 +328,7 @@ async fn serve(
             }),
             Ok(_) => unload(
                 &s.ctx.paths,
+                &s.ctx.store,
                 &s.ctx.guard,
                 None,
                 std::time::Duration::from_secs(1),
@@ -338,9 +339,16 @@ async fn serve(
     })
     .await?;
     let detail = match outcome {
+        Ok(report) if report.removed.is_empty() && !report.left.is_empty() => {
+            info!(left = ?report.left, "module not loaded by this kmod-manager: left loaded");
+            format!(
+                "{} left loaded: not loaded by kmod-manager",
+                shared.ctx.guard.module
+            )
+        }
         Ok(report) => {
             shared.metrics.unloads.inc();
-            info!(removed = ?report.removed, kept = ?report.kept, "module unloaded");
+            info!(removed = ?report.removed, kept = ?report.kept, left = ?report.left, "module unloaded");
             format!("{} unloaded", shared.ctx.guard.module)
         }
         Err(UnloadError::Refused { module, blockers }) => {

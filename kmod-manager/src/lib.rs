@@ -3,7 +3,7 @@
 //!
 //! Pure decision modules: [`kernel`] (release parsing), [`mapping`] (image selection),
 //! [`modinfo`] (fit of a `.ko`), [`depmod`] (load order), [`guard`] (unload decision),
-//! [`status`] (rendering). I/O modules: [`state`], [`mounts`], [`loader`], [`unload`],
+//! [`status`] (rendering). I/O modules: [`state`], [`mounts`], [`record`] (which modules are ours), [`loader`], [`unload`],
 //! [`daemon`], [`node`]; the module syscalls behind [`sys`].
 
 pub mod app;
@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod modinfo;
 pub mod mounts;
 pub mod node;
+pub mod record;
 pub mod state;
 pub mod status;
 pub mod sys;

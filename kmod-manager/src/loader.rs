@@ -11,6 +11,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::depmod::{self, DepError, ModulesDep, module_path};
 use crate::modinfo::{FitError, ModInfo, ModinfoError, check_fit};
+use crate::record::{RecordError, RecordStore};
 use crate::state::{LoadedModule, ModuleState, StateError, SysPaths};
 use crate::sys::{Live, ModuleSyscalls};
 
@@ -75,6 +76,8 @@ pub enum LoadError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 /// Identity of a module build: `srcversion` when both sides have one, else GNU build id.
@@ -411,15 +414,21 @@ pub fn observe(paths: &SysPaths, chain: &[(String, PathBuf)]) -> Result<Vec<Cand
         .collect()
 }
 
-/// Verifies the whole chain, then loads what is missing. Idempotent.
-pub fn load(paths: &SysPaths, req: &LoadRequest) -> Result<LoadReport, LoadError> {
-    load_with(paths, req, &mut Live)
+/// Verifies the whole chain, then loads what is missing. Idempotent. Every module it
+/// inserts is noted in the record of `store`: those, and only those, are ours to unload.
+pub fn load(
+    paths: &SysPaths,
+    store: &RecordStore,
+    req: &LoadRequest,
+) -> Result<LoadReport, LoadError> {
+    load_with(paths, store, req, &mut Live)
 }
 
 /// [`load`] through the given syscalls.
 #[instrument(skip_all, fields(module = %req.module, release = %req.release))]
 pub fn load_with(
     paths: &SysPaths,
+    store: &RecordStore,
     req: &LoadRequest,
     sys: &mut impl ModuleSyscalls,
 ) -> Result<LoadReport, LoadError> {
@@ -430,6 +439,9 @@ pub fn load_with(
     })?;
     let empty = CString::default();
     let chain = resolve_chain(req)?;
+    // Held until the load is done, so that a concurrent unload sees what we insert.
+    let mut held = store.lock(&paths.boot_id())?;
+    held.record.retain_loaded(&paths.module_table()?);
     let candidates = observe(paths, &chain)?;
     let planned = plan(
         candidates,
@@ -450,7 +462,11 @@ pub fn load_with(
                 } else {
                     &empty
                 };
-                insert(sys, name, path, &verified.image, p)?;
+                if insert(sys, name, path, &verified.image, p)? {
+                    // Written at once: a crash after this insert must not lose it.
+                    held.record.add(name, &verified.info);
+                    held.save()?;
+                }
             }
             Planned::AlreadyLoaded {
                 name,
@@ -485,14 +501,15 @@ pub fn load_with(
 /// `finit_module` on the verified descriptor, or `init_module` on the verified
 /// decompressed image of a compressed module (works whether or not the kernel can
 /// decompress modules itself). `path` is only named in logs and errors: the file is
-/// never opened again.
+/// never opened again. `Ok(false)` when another process loaded it meanwhile (then it
+/// is not ours).
 fn insert(
     sys: &mut impl ModuleSyscalls,
     name: &str,
     path: &Path,
     image: &ModuleImage,
     params: &CString,
-) -> Result<(), LoadError> {
+) -> Result<bool, LoadError> {
     let result = match image {
         ModuleImage::Decompressed(image) => {
             info!(module = %name, path = %path.display(), bytes = image.len(), "init_module (decompressed image)");
@@ -504,11 +521,11 @@ fn insert(
         }
     };
     match result {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         // Loaded concurrently by someone else: the post-load check confirms it is live.
         Err(nix::Error::EEXIST) => {
-            warn!(module = %name, "loaded concurrently by another process");
-            Ok(())
+            warn!(module = %name, "loaded concurrently by another process; not ours to unload");
+            Ok(false)
         }
         Err(source) => Err(LoadError::Insert {
             module: name.to_owned(),
@@ -519,7 +536,7 @@ fn insert(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const REL: &str = "6.1.0-56-amd64";
@@ -657,6 +674,12 @@ mod tests {
         assert_eq!(compare(&l, &f), Sameness::Unknown);
     }
 
+    pub(crate) fn store(dir: &std::path::Path) -> RecordStore {
+        RecordStore {
+            dir: dir.join("run"),
+        }
+    }
+
     /// An ELF object with a `.modinfo` section, as a `.ko` has one.
     pub(crate) fn ko(name: &str, vermagic: &str, depends: &str) -> Vec<u8> {
         let mut obj = object::write::Object::new(
@@ -674,7 +697,7 @@ mod tests {
         obj.write().expect("elf")
     }
 
-    const VERMAGIC: &str = "6.1.0-56-amd64 SMP preempt mod_unload modversions ";
+    pub(crate) const VERMAGIC: &str = "6.1.0-56-amd64 SMP preempt mod_unload modversions ";
 
     /// A module tree with rxrpc and kafs (needing rxrpc), and paths for a fake kernel.
     pub(crate) fn kafs_tree(dir: &std::path::Path) -> (SysPaths, LoadRequest) {
@@ -726,7 +749,7 @@ mod tests {
                 std::fs::rename(&tmp, &target).expect("swap");
             }
         }));
-        load_with(&paths, &req, &mut kernel).expect("loads");
+        load_with(&paths, &store(dir.path()), &req, &mut kernel).expect("loads");
         assert_ne!(
             std::fs::read(&kafs).expect("read"),
             verified,
@@ -760,7 +783,8 @@ mod tests {
         std::fs::rename(&kafs, &real).expect("move");
         std::os::unix::fs::symlink(&real, &kafs).expect("symlink");
         let mut kernel = crate::sys::fake::FakeKernel::new(&paths.proc);
-        let e = load_with(&paths, &req, &mut kernel).expect_err("symlink refused");
+        let e =
+            load_with(&paths, &store(dir.path()), &req, &mut kernel).expect_err("symlink refused");
         assert!(
             matches!(&e, LoadError::Symlink { path } if *path == kafs),
             "{e}"
@@ -772,14 +796,15 @@ mod tests {
 
         std::fs::remove_file(&kafs).expect("rm");
         nix::unistd::mkfifo(&kafs, nix::sys::stat::Mode::S_IRUSR).expect("mkfifo");
-        let e = load_with(&paths, &req, &mut kernel).expect_err("FIFO refused");
+        let e = load_with(&paths, &store(dir.path()), &req, &mut kernel).expect_err("FIFO refused");
         assert!(
             matches!(&e, LoadError::NotRegularFile { path, kind: "FIFO" } if *path == kafs),
             "{e}"
         );
         std::fs::remove_file(&kafs).expect("rm");
         std::fs::create_dir(&kafs).expect("mkdir");
-        let e = load_with(&paths, &req, &mut kernel).expect_err("directory refused");
+        let e = load_with(&paths, &store(dir.path()), &req, &mut kernel)
+            .expect_err("directory refused");
         assert!(
             matches!(
                 e,
@@ -800,7 +825,8 @@ mod tests {
             module_dir: linked,
             ..req
         };
-        load_with(&paths, &req, &mut kernel).expect("loads through a linked directory");
+        load_with(&paths, &store(dir.path()), &req, &mut kernel)
+            .expect("loads through a linked directory");
         assert_eq!(kernel.inserted.len(), 2);
     }
 
@@ -836,7 +862,7 @@ mod tests {
                 std::fs::write(&target, &unverified).expect("overwrite");
             }
         }));
-        load_with(&paths, &req, &mut kernel).expect("loads");
+        load_with(&paths, &store(dir.path()), &req, &mut kernel).expect("loads");
         let loaded = kernel
             .inserted
             .iter()

@@ -130,6 +130,12 @@ impl SysPaths {
         }
     }
 
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`); empty when the kernel does
+    /// not expose one (tests, very old kernels).
+    pub fn boot_id(&self) -> String {
+        read_trimmed(&self.proc.join("sys/kernel/random/boot_id")).unwrap_or_default()
+    }
+
     /// Reads the state afresh.
     pub fn read_state(&self, name: &str) -> Result<ModuleState, StateError> {
         let table = self.module_table()?;

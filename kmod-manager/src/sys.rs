@@ -97,6 +97,15 @@ pub(crate) mod fake {
             k
         }
 
+        /// A module loaded by someone else (e.g. `modprobe`), needing `depends`.
+        pub(crate) fn preload(&mut self, name: &str, depends: &[&str]) {
+            self.add(name, depends.iter().map(|d| (*d).to_owned()).collect());
+        }
+
+        pub(crate) fn is_loaded(&self, name: &str) -> bool {
+            self.modules.contains_key(name)
+        }
+
         fn add(&mut self, name: &str, depends: Vec<String>) {
             for d in &depends {
                 self.modules
