@@ -19,6 +19,7 @@ check "a second load is idempotent (exit 0)" [ $? -eq 0 ]
 check "the second load reports kafs as already present" contains /tmp/load2.log "present  kafs"
 check "the second load called finit_module for nothing" check_no_finit /tmp/load2.log
 check "the second load verified kafs by its build id" contains /tmp/load2.log "present  kafs (build id $KAFS_BUILD_ID)"
+materialize_tree /lib/modules-rebuilt/$KVER
 run_km /tmp/rebuilt.log load --config $CFG --module-dir /lib/modules-rebuilt/$KVER
 check "loading a different build of the loaded kafs is refused" [ $? -ne 0 ]
 check "the refusal names both builds" sh -c "grep -q 'already loaded as build id $KAFS_BUILD_ID' /tmp/rebuilt.log && grep -q 'is build id $REBUILT_BUILD_ID' /tmp/rebuilt.log"

@@ -62,6 +62,8 @@ $BB umount /afs
 start_container /tmp/c2.log
 wait_for $R/run/kmod-manager/ready 60
 check "a new container adopts the loaded module and becomes ready" [ -e $R/run/kmod-manager/ready ]
+check "the record of what the first container inserted is in the emptyDir" \
+    sh -c "grep -q '\"kafs\"' $R/run/kmod-manager/inserted-modules.json"
 stop_daemon $CPID /tmp/c2.log
 rc=$?
 check "SIGTERM when idle: the container exits 0" [ $rc -eq 0 ]

@@ -1,7 +1,16 @@
 # (4) a module built for another kernel, a truncated and a garbled .ko are refused
-# BEFORE any finit_module: nothing of the chain gets loaded, the kernel logs nothing.
+# BEFORE any finit_module: nothing of the chain gets loaded, the kernel logs nothing; a
+# module reached through a symbolic link is refused too.
 CFG=/etc/kmod-manager/mappings.yaml
 $BB dmesg -c > /dev/null
+# The broken trees link their dependencies to the good files: a module is never opened
+# through a symbolic link, so the first dependency is refused, naming its path.
+run_km /tmp/linked.log load --config $CFG --module-dir /lib/modules-badmagic/$KVER
+check "a module reached through a symbolic link is refused" [ $? -ne 0 ]
+check "the refusal names the link" contains /tmp/linked.log "/lib/modules-badmagic/$KVER/kernel/.* is a symbolic link: refused"
+check "nothing was loaded through the link" none_loaded
+check "kmod-manager never called finit_module for it" check_no_finit /tmp/linked.log
+for kind in badmagic truncated garbled; do materialize_tree /lib/modules-$kind/$KVER; done
 for kind in badmagic truncated garbled; do
     run_km /tmp/$kind.log load --config $CFG --module-dir /lib/modules-$kind/$KVER
     check "$kind: load is refused" [ $? -ne 0 ]

@@ -1,5 +1,6 @@
 # (5) the daemon: ready file + /healthz /readyz /metrics; SIGTERM with AFS mounted keeps
-# the module and exits 0; SIGTERM with nothing mounted unloads and exits 0.
+# the module and exits 0; SIGTERM with nothing mounted unloads what the daemon (or its
+# earlier run) loaded and exits 0; a dependency loaded before the daemon is left.
 CFG=/etc/kmod-manager/mappings.yaml
 IMG=registry.example/kafs-test-1:$KVER
 $KM run --config $CFG --image $IMG --ready-file /run/kmod/ready --listen 127.0.0.1:9808 > /tmp/run1.log 2>&1 &
@@ -19,6 +20,8 @@ check "SIGTERM with /afs mounted: the daemon exits 0" [ $rc -eq 0 ]
 check "the module is kept" loaded kafs
 check "the daemon logged why it kept the module" sh -c "grep -q 'keeping it loaded' /tmp/run1.log && grep -q '/afs' /tmp/run1.log"
 check "the ready file is removed" [ ! -e /run/kmod/ready ]
+check "the daemon recorded what it inserted in its state dir" \
+    sh -c "grep -q '\"kafs\"' /run/kmod-manager/inserted-modules.json && grep -q '\"rxrpc\"' /run/kmod-manager/inserted-modules.json"
 $BB umount /afs
 # Second daemon: the module is already loaded (same build): adopt it, then unload on SIGTERM.
 $KM run --config $CFG --image $IMG --ready-file /run/kmod/ready --listen 127.0.0.1:9808 > /tmp/run2.log 2>&1 &
@@ -41,3 +44,18 @@ check "SIGTERM during the start: the daemon exits 0" [ $rc -eq 0 ]
 check "SIGTERM during the start: the shutdown path ran after the load" sh -c "grep -q 'module loaded and live' /tmp/run3.log && grep -q 'shutting down' /tmp/run3.log"
 check "SIGTERM during the start: no ready file is left behind" [ ! -e /run/kmod/ready ]
 check "SIGTERM during the start: the unused module was unloaded" none_loaded
+# A dependency loaded before the daemon started is not the daemon's: SIGTERM leaves it.
+$MODPROBE dns_resolver
+$KM run --config $CFG --image $IMG --ready-file /run/kmod/ready --listen 127.0.0.1:9808 > /tmp/run4.log 2>&1 &
+RPID=$!
+wait_for /run/kmod/ready 30
+check "with dns_resolver loaded before it, the daemon becomes ready" [ -e /run/kmod/ready ]
+stop_daemon $RPID /tmp/run4.log
+rc=$?
+check "SIGTERM when idle: the daemon exits 0" [ $rc -eq 0 ]
+check "what the daemon loaded is unloaded" not_loaded kafs rxrpc netfs fscache
+check "dns_resolver, loaded before the daemon, is left loaded" loaded dns_resolver
+check "the daemon logged dns_resolver as left" \
+    sh -c "grep 'left loaded: not ours to unload' /tmp/run4.log | grep -q dns_resolver"
+$MODPROBE -r dns_resolver
+check "nothing of the chain is left" none_loaded

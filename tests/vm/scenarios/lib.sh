@@ -34,3 +34,13 @@ finish() {
     fi
 }
 check_no_finit() { ! $BB grep -q 'finit_module' "$1"; }
+# materialize_tree DIR: replaces the symbolic links of a module tree by copies of their
+# targets. build-initramfs links the dependencies of the broken trees to the good files;
+# kmod-manager refuses to open a module through a link.
+materialize_tree() {
+    for l in $($BB find "$1" -type l); do
+        t=$($BB readlink -f "$l") && $BB cp "$t" "$l.copy" && $BB mv "$l.copy" "$l" || return 1
+    done
+}
+# not_loaded MODULE...: none of them is in /proc/modules.
+not_loaded() { for m in "$@"; do loaded "$m" && return 1; done; return 0; }
