@@ -30,6 +30,8 @@ const NAMESPACE: &str = "afs-system";
 const OPERATOR: &str = "afs-operator";
 /// The operator's rights in an SR namespace; bound there by the operator only.
 const NAMESPACE_ROLE: &str = "afs-operator-namespace";
+/// The ValidatingAdmissionPolicy (and its binding) narrowing kmod-manager's Node writes.
+const KMOD_NODE_POLICY: &str = "afs-kmod-manager-node";
 const IMAGE: &str = "registry.example.com/auristor/afs-operator";
 const AFS: &str = "afs.csi.auristor.com";
 const CORE: &str = "";
@@ -483,6 +485,9 @@ fn renders_the_expected_objects() {
         format!("ClusterRole {}", objects::KMOD_ROLE),
         format!("ClusterRole {}", objects::PROVISIONER_ROLE),
         format!("ClusterRole {}", objects::PROVISIONER_LEASES_ROLE),
+        // kmod-manager's Node writes, narrowed (tests/node_policy.rs).
+        format!("ValidatingAdmissionPolicy {KMOD_NODE_POLICY}"),
+        format!("ValidatingAdmissionPolicyBinding {KMOD_NODE_POLICY}"),
         format!("Deployment {OPERATOR}"),
         format!("Service {OPERATOR}-metrics"),
     ];
@@ -534,6 +539,8 @@ fn namespaced_objects_live_in_afs_system() {
         "Namespace",
         "ClusterRole",
         "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ];
     for o in rendered() {
         let namespace = o["metadata"]["namespace"].as_str();
@@ -808,7 +815,8 @@ fn expected(rules: &[(&str, &str, &[&str])]) -> Vec<(String, String, String)> {
 
 #[test]
 fn component_roles_are_what_the_components_call() {
-    // kmod-manager's NodeReporter gets its Node and merge-patches it.
+    // kmod-manager's NodeReporter gets its Node and merge-patches it (the policy
+    // afs-kmod-manager-node narrows that to its Node and keys: tests/node_policy.rs).
     assert_eq!(
         triples(objects::KMOD_ROLE),
         expected(&[(CORE, "nodes", &["get", "patch"])])
