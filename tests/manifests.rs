@@ -87,10 +87,11 @@ const CONTROLLER_CALLS: &[(&str, &str, Where, &[&str])] = &[
     (STORAGE, "csinodes", Anywhere, &["list"]),
     // `apply_desired`: `ensure` (get, then server-side apply: patch, and create when
     // the apply creates the object, which the API server checks as well). Never
-    // deleted. `delete_objects`: get (does the namespace still exist?).
+    // deleted.
     (CORE, "namespaces", Anywhere, &["get", "create", "patch"]),
     // `bind_operator`: `ensure` of the operator's own RoleBinding in an SR namespace,
-    // before it has any right there; `unbind_operator`: delete.
+    // before it has any right there; `delete_objects`: get (is it still bound there?);
+    // `unbind_operator`: delete.
     (
         RBAC,
         "rolebindings",

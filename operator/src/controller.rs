@@ -652,9 +652,9 @@ async fn bind_operator(ctx: &Context, namespace: &str) -> Result<(), Error> {
 }
 
 /// Removes the operator's RoleBinding from the SR's namespace once no other live SR
-/// uses that namespace: no namespaced right outlives the SRs there. Another SR of the
-/// namespace being deleted at the same time binds it again for its own cleanup
-/// ([`bind_operator`] in [`delete_objects`]) and removes it in turn.
+/// uses that namespace: no namespaced right outlives the SRs there. (Another SR of the
+/// namespace being deleted at the same time then leaves its objects there to the
+/// garbage collector: see [`delete_objects`].)
 async fn unbind_operator(
     ctx: &Context,
     sr: &SpecialResource,
@@ -1009,15 +1009,19 @@ async fn delete_objects(
     let c = &ctx.client;
     let ns = sr.spec.namespace.as_str();
     let name = sr.name_any();
-    // The operator's rights in the namespace come from its binding there (an SR refused
-    // for overlap never made one). A namespace already gone holds nothing to delete,
-    // and no binding can be made in it.
-    let in_namespace = Api::<Namespace>::all(c.clone())
-        .get_opt(ns)
+    // The operator's rights in the namespace come from its binding there, made when
+    // the SR was applied. Without it (an SR refused for overlap never made one; another
+    // SR of the namespace deleted at the same time removed it; a pass on an SR already
+    // gone, whose cleanup removed it) it is not made again: the SR's objects there are
+    // owned by the SR, and the garbage collector deletes them with it.
+    let in_namespace = Api::<RoleBinding>::namespaced(c.clone(), ns)
+        .get_opt(objects::OPERATOR_BINDING)
         .await?
         .is_some();
+    if !in_namespace {
+        info!(namespace = %ns, "no binding of the operator in the namespace: its objects go with the SR");
+    }
     if in_namespace {
-        bind_operator(ctx, ns).await?;
         prune::<DaemonSet>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
         prune::<Deployment>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
     }

@@ -756,4 +756,28 @@ async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_la
             )
             .is_none()
     );
+
+    // A late pass on the SR (a cache still showing it with its finalizer, as happens
+    // right after the finalizer goes) must not bind the operator there again.
+    let mut stale = h.api.get(SRS, "", "group-2").unwrap();
+    stale["metadata"]["finalizers"] = json!([labels::FINALIZER]);
+    h.api.put(SRS, stale);
+    h.take_requests();
+    h.reconcile("group-2").await;
+    let requests = h.take_requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("PATCH ") && r.contains(in_namespace)),
+        "{requests:#?}"
+    );
+    assert!(
+        h.api
+            .get(
+                ROLE_BINDINGS,
+                "afs-group-1",
+                afs_operator::objects::OPERATOR_BINDING
+            )
+            .is_none()
+    );
 }
