@@ -1,10 +1,12 @@
 //! The install manifests: what `kubectl kustomize deploy/` renders, checked against the
 //! code. The CRD is the generated one; every namespaced object lives in `afs-system`;
-//! the operator's ClusterRole holds every call of the controller and every rule the
-//! operator grants to the components it deploys (RBAC escalation prevention), and
-//! nothing more; the Deployment runs one replica, probes the paths the operator serves
-//! and passes only flags and variables the operator reads; `afsctl install` applies the
-//! same objects.
+//! the operator's rights follow the controller's calls: cluster-wide (ClusterRole
+//! `afs-operator`) only what it does across the cluster, its writes in an SR's
+//! namespace only through the role it binds there (`afs-operator-namespace`), and the
+//! rights of the components it deploys only as `bind` on the shipped roles it binds
+//! them to; nothing more. The Deployment runs one replica, probes the paths the
+//! operator serves and passes only flags and variables the operator reads; `afsctl
+//! install` applies the same objects.
 //!
 //! Needs `kubectl` (1.27 or newer: it embeds kustomize v5) on `PATH`.
 
@@ -17,101 +19,143 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use afs_operator::crd::SpecialResource;
-use afs_operator::objects::{self, Inputs};
-use k8s_openapi::api::rbac::v1::PolicyRule;
-use kube::{CustomResourceExt, Resource, ResourceExt};
+use afs_operator::objects::{self, Inputs, OperatorAccount};
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
+use kube::{CustomResourceExt, Resource};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "afs-system";
 const OPERATOR: &str = "afs-operator";
+/// The operator's rights in an SR namespace; bound there by the operator only.
+const NAMESPACE_ROLE: &str = "afs-operator-namespace";
+/// The ValidatingAdmissionPolicy (and its binding) narrowing kmod-manager's Node writes.
+const KMOD_NODE_POLICY: &str = "afs-kmod-manager-node";
 const IMAGE: &str = "registry.example.com/auristor/afs-operator";
 const AFS: &str = "afs.csi.auristor.com";
 const CORE: &str = "";
 const APPS: &str = "apps";
 const RBAC: &str = "rbac.authorization.k8s.io";
 const STORAGE: &str = "storage.k8s.io";
+const EVENTS: &str = "events.k8s.io";
 
-/// Every API call the operator makes itself, as (apiGroup, resource, verbs). Kept by
-/// hand from `operator/src/controller.rs`; `the_call_table_follows_the_controller`
+/// Where the controller makes a call, and so where the operator needs the right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Where {
+    /// On cluster-scoped objects, or in any namespace: ClusterRole `afs-operator`.
+    Anywhere,
+    /// On objects of this one name, in any namespace: `afs-operator` by resourceNames.
+    Named(&'static str),
+    /// Only in SR namespaces: `afs-operator-namespace`, which the operator binds there.
+    SrNamespace,
+}
+use Where::{Anywhere, Named, SrNamespace};
+
+/// Every API call the operator makes itself, as (apiGroup, resource, where, verbs).
+/// Kept by hand from `operator/src/controller.rs`; `the_call_table_follows_the_controller`
 /// fails when the controller starts using a kind or subresource missing here, or stops
 /// using one listed, and `server_side_apply_may_create` when an applied kind lacks
 /// get, create or patch.
-const CONTROLLER_CALLS: &[(&str, &str, &[&str])] = &[
+const CONTROLLER_CALLS: &[(&str, &str, Where, &[&str])] = &[
     // `run`: Controller::new (reflector: list, watch); `reconcile`: kube-runtime's
     // `finalizer` adds and removes the finalizer with a JSON patch.
-    (AFS, "specialresources", &["list", "watch", "patch"]),
+    (
+        AFS,
+        "specialresources",
+        Anywhere,
+        &["list", "watch", "patch"],
+    ),
     // `write_status`: Api::patch_status, server-side apply.
-    (AFS, "specialresources/status", &["patch"]),
+    (AFS, "specialresources/status", Anywhere, &["patch"]),
     // `objects::owner_reference`: blockOwnerDeletion on every owned object, which the
     // OwnerReferencesPermissionEnforcement admission plugin allows only to those who
     // may update the owner's finalizers.
-    (AFS, "specialresources/finalizers", &["update"]),
+    (AFS, "specialresources/finalizers", Anywhere, &["update"]),
     // `run`: .watches(Node); `observe`: list by the group's selector; `execute` (cordon)
     // and `cleanup`: get; `patch_node`: merge patches.
-    (CORE, "nodes", &["get", "list", "watch", "patch"]),
-    // `observe`: the SR's pods and all running pods; `execute`: DeletePod.
-    (CORE, "pods", &["list", "delete"]),
-    // `execute`: Action::Evict (Api::evict).
-    (CORE, "pods/eviction", &["create"]),
+    (CORE, "nodes", Anywhere, &["get", "list", "watch", "patch"]),
+    // `observe`: the SR's pods and all running pods, in every namespace.
+    (CORE, "pods", Anywhere, &["list"]),
+    // `execute`: Action::DeletePod, the SR's own pods.
+    (CORE, "pods", SrNamespace, &["delete"]),
+    // `execute`: Action::Evict (Api::evict) of AFS users, in any namespace.
+    (CORE, "pods/eviction", Anywhere, &["create"]),
     // `observe`: the driver's volumes.
-    (CORE, "persistentvolumes", &["list"]),
+    (CORE, "persistentvolumes", Anywhere, &["list"]),
     // `observe`: which nodes registered the driver.
-    (STORAGE, "csinodes", &["list"]),
+    (STORAGE, "csinodes", Anywhere, &["list"]),
     // `apply_desired`: `ensure` (get, then server-side apply: patch, and create when
     // the apply creates the object, which the API server checks as well). Never
     // deleted.
-    (CORE, "namespaces", &["get", "create", "patch"]),
+    (CORE, "namespaces", Anywhere, &["get", "create", "patch"]),
+    // `bind_operator`: `ensure` of the operator's own RoleBinding in an SR namespace,
+    // before it has any right there; `delete_objects`: get (is it still bound there?);
+    // `unbind_operator`: delete.
+    (
+        RBAC,
+        "rolebindings",
+        Named(objects::OPERATOR_BINDING),
+        &["get", "create", "patch", "delete"],
+    ),
     // `apply_desired` / `delete_objects`: `ensure` (get, create, patch) and `prune`
-    // (list, delete) of each kind below.
+    // (list, delete) of each kind below; `bind_operator` waits for its binding with a
+    // list of service accounts.
     (
         CORE,
         "serviceaccounts",
+        SrNamespace,
         &["get", "list", "create", "patch", "delete"],
     ),
     (
         CORE,
         "configmaps",
+        SrNamespace,
         &["get", "list", "create", "patch", "delete"],
     ),
     (
         RBAC,
-        "clusterroles",
+        "rolebindings",
+        SrNamespace,
         &["get", "list", "create", "patch", "delete"],
     ),
     (
         RBAC,
         "clusterrolebindings",
-        &["get", "list", "create", "patch", "delete"],
-    ),
-    (RBAC, "roles", &["get", "list", "create", "patch", "delete"]),
-    (
-        RBAC,
-        "rolebindings",
+        Anywhere,
         &["get", "list", "create", "patch", "delete"],
     ),
     (
         STORAGE,
         "storageclasses",
+        Anywhere,
         &["get", "list", "create", "patch", "delete"],
     ),
-    // ... and, owned by the controller (`run`: .owns), also watched.
+    // ... and, watched by the controller (`run`: .watches) in every namespace.
     (
         APPS,
         "daemonsets",
-        &["get", "list", "watch", "create", "patch", "delete"],
+        SrNamespace,
+        &["get", "create", "patch", "delete"],
     ),
+    (APPS, "daemonsets", Anywhere, &["list", "watch"]),
     (
         APPS,
         "deployments",
-        &["get", "list", "watch", "create", "patch", "delete"],
+        SrNamespace,
+        &["get", "create", "patch", "delete"],
     ),
+    (APPS, "deployments", Anywhere, &["list", "watch"]),
     // `apply_desired`: `ensure`; `delete_objects`: get_opt, then delete by the last SR.
-    (STORAGE, "csidrivers", &["get", "create", "patch", "delete"]),
+    (
+        STORAGE,
+        "csidrivers",
+        Anywhere,
+        &["get", "create", "patch", "delete"],
+    ),
     // `warn_event`: kube-runtime's Recorder (events.k8s.io/v1: create, then patch of a
-    // series).
-    ("events.k8s.io", "events", &["create", "patch"]),
+    // series); an SR is cluster-scoped, so its events go to `default`.
+    (EVENTS, "events", Anywhere, &["create", "patch"]),
 ];
 
 /// Where the controller's use of a subresource (or of a call made by kube-runtime)
@@ -130,11 +174,7 @@ const CALL_MARKERS: &[(&str, &str, (&str, &str))] = &[
         "block_owner_deletion",
         (AFS, "specialresources/finalizers"),
     ),
-    (
-        "controller.rs",
-        "recorder.publish(",
-        ("events.k8s.io", "events"),
-    ),
+    ("controller.rs", "recorder.publish(", (EVENTS, "events")),
 ];
 
 // ---------------------------------------------------------------------------------
@@ -212,53 +252,99 @@ fn read(path: &str) -> String {
 // ---------------------------------------------------------------------------------
 // RBAC model
 
-/// One permission: (apiGroup, resource, verb).
-type Grant = (String, String, String);
+/// One permission: (apiGroup, resource, verb, resourceName: "" for every name).
+type Grant = (String, String, String, String);
 
-fn grant(group: &str, resource: &str, verb: &str) -> Grant {
-    (group.to_owned(), resource.to_owned(), verb.to_owned())
+fn grant(group: &str, resource: &str, verb: &str, name: &str) -> Grant {
+    (
+        group.to_owned(),
+        resource.to_owned(),
+        verb.to_owned(),
+        name.to_owned(),
+    )
 }
 
 fn list(values: &Option<Vec<String>>) -> &[String] {
     values.as_deref().unwrap_or_default()
 }
 
-/// Whether `ours` allows `verb` on `group`/`resource`, on every one of `names` (all
-/// objects when `names` is empty), the way the API server's escalation check sees it.
-fn covers(ours: &[PolicyRule], (group, resource, verb): &Grant, names: &[String]) -> bool {
-    ours.iter().any(|rule| {
-        list(&rule.api_groups).contains(group)
-            && list(&rule.resources).contains(resource)
-            && rule.verbs.contains(verb)
+/// Whether `rules` allow `verb` on `group`/`resource` for a request naming `name` (""
+/// for a request without a name: list, watch, a create by POST), as RBAC decides.
+fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str, name: &str) -> bool {
+    rules.iter().any(|rule| {
+        list(&rule.api_groups).iter().any(|g| g == group)
+            && list(&rule.resources).iter().any(|r| r == resource)
+            && rule.verbs.iter().any(|v| v == verb)
             && (list(&rule.resource_names).is_empty()
-                || (!names.is_empty()
-                    && names.iter().all(|n| list(&rule.resource_names).contains(n))))
+                || (!name.is_empty() && list(&rule.resource_names).iter().any(|n| n == name)))
     })
 }
 
-/// Every (group, resource, verb) of a rule, whatever its resourceNames.
+/// Every (group, resource, verb, name) of a rule; name "" when it has no resourceNames.
 fn expand(rule: &PolicyRule) -> Vec<Grant> {
+    let names: Vec<&str> = if list(&rule.resource_names).is_empty() {
+        vec![""]
+    } else {
+        list(&rule.resource_names)
+            .iter()
+            .map(String::as_str)
+            .collect()
+    };
     let mut grants = Vec::new();
     for group in list(&rule.api_groups) {
         for resource in list(&rule.resources) {
             for verb in &rule.verbs {
-                grants.push(grant(group, resource, verb));
+                for name in &names {
+                    grants.push(grant(group, resource, verb, name));
+                }
             }
         }
     }
     grants
 }
 
-fn operator_rules() -> Vec<PolicyRule> {
-    let role = object("ClusterRole", OPERATOR);
-    serde_json::from_value(role["rules"].clone()).expect("ClusterRole rules parse")
+fn role_rules(role: &str) -> Vec<PolicyRule> {
+    serde_json::from_value(object("ClusterRole", role)["rules"].clone())
+        .expect("ClusterRole rules parse")
 }
 
-fn controller_grants() -> BTreeSet<Grant> {
-    CONTROLLER_CALLS
-        .iter()
-        .flat_map(|(group, resource, verbs)| verbs.iter().map(|v| grant(group, resource, v)))
-        .collect()
+/// The ClusterRole bound to the operator cluster-wide.
+fn operator_rules() -> Vec<PolicyRule> {
+    role_rules(OPERATOR)
+}
+
+/// The ClusterRole the operator binds to itself in each SR namespace.
+fn namespace_rules() -> Vec<PolicyRule> {
+    role_rules(NAMESPACE_ROLE)
+}
+
+/// Whether the operator may make a call of the table where the controller makes it.
+fn may_call(group: &str, resource: &str, where_: Where, verb: &str) -> bool {
+    match where_ {
+        Anywhere => allows(&operator_rules(), group, resource, verb, ""),
+        Named(name) => allows(&operator_rules(), group, resource, verb, name),
+        // Granted in an SR namespace by the operator's binding there (or everywhere).
+        SrNamespace => {
+            allows(&namespace_rules(), group, resource, verb, "")
+                || allows(&operator_rules(), group, resource, verb, "")
+        }
+    }
+}
+
+/// What the controller's calls need (cluster-wide, in SR namespaces).
+fn needed_by_calls() -> (BTreeSet<Grant>, BTreeSet<Grant>) {
+    let mut cluster = BTreeSet::new();
+    let mut namespace = BTreeSet::new();
+    for (group, resource, where_, verbs) in CONTROLLER_CALLS {
+        for verb in *verbs {
+            match where_ {
+                Anywhere => cluster.insert(grant(group, resource, verb, "")),
+                Named(name) => cluster.insert(grant(group, resource, verb, name)),
+                SrNamespace => namespace.insert(grant(group, resource, verb, "")),
+            };
+        }
+    }
+    (cluster, namespace)
 }
 
 /// A SpecialResource as read from the API server (name and uid set).
@@ -283,13 +369,18 @@ fn sample_sr() -> SpecialResource {
     sr
 }
 
-/// Every rule of every Role and ClusterRole the operator builds, with the name of its
-/// role, with and without the CSI controller (which only one SR per driver runs).
-fn built_rules() -> Vec<(String, PolicyRule)> {
+/// Every binding the operator creates, named, with its roleRef: the SR's (with and
+/// without the CSI controller, which only one SR per driver runs) and its own in the
+/// SR's namespace.
+fn built_bindings() -> Vec<(String, RoleRef)> {
     let sr = sample_sr();
     let revision = objects::revision(&sr.spec);
     let kernels = ["6.1.0-56-amd64".to_owned()];
-    let mut rules = Vec::new();
+    let own = objects::operator_role_binding("afs-group-1", &OperatorAccount::default());
+    let mut bindings = vec![(
+        format!("RoleBinding {}", own.metadata.name.unwrap_or_default()),
+        own.role_ref,
+    )];
     for runs_controller in [false, true] {
         let desired = objects::build(&Inputs {
             sr: &sr,
@@ -299,21 +390,81 @@ fn built_rules() -> Vec<(String, PolicyRule)> {
             csi_driver_owners: &[],
         })
         .expect("the sample SR builds");
-        let cluster_roles = desired
-            .cluster_roles
-            .iter()
-            .map(|r| (format!("ClusterRole {}", r.name_any()), &r.rules));
-        let roles = desired
-            .roles
-            .iter()
-            .map(|r| (format!("Role {}", r.name_any()), &r.rules));
-        for (role, role_rules) in cluster_roles.chain(roles) {
-            for rule in role_rules.iter().flatten() {
-                rules.push((role.clone(), rule.clone()));
-            }
+        for b in desired.cluster_role_bindings {
+            bindings.push((
+                format!("ClusterRoleBinding {}", b.metadata.name.unwrap_or_default()),
+                b.role_ref,
+            ));
+        }
+        for b in desired.role_bindings {
+            bindings.push((
+                format!("RoleBinding {}", b.metadata.name.unwrap_or_default()),
+                b.role_ref,
+            ));
         }
     }
-    rules
+    bindings
+}
+
+/// `bind` on every ClusterRole a built binding refers to.
+fn needed_binds() -> BTreeSet<Grant> {
+    built_bindings()
+        .iter()
+        .map(|(_, role_ref)| grant(RBAC, "clusterroles", "bind", &role_ref.name))
+        .collect()
+}
+
+/// Whether objects of `group`/`resource` (or of its parent, for a subresource) live in
+/// namespaces.
+fn namespaced(group: &str, resource: &str) -> bool {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+        ServiceAccount,
+    };
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, StorageClass, VolumeAttachment};
+    use std::any::TypeId;
+    let resource = resource.split('/').next().unwrap_or_default();
+    macro_rules! scopes {
+        ($($t:ty),* $(,)?) => {
+            $(
+                if group == <$t as k8s_openapi::Resource>::GROUP
+                    && resource == <$t as k8s_openapi::Resource>::URL_PATH_SEGMENT
+                {
+                    return TypeId::of::<<$t as k8s_openapi::Resource>::Scope>()
+                        == TypeId::of::<k8s_openapi::NamespaceResourceScope>();
+                }
+            )*
+        };
+    }
+    scopes!(
+        DaemonSet,
+        Deployment,
+        Lease,
+        ConfigMap,
+        Event,
+        k8s_openapi::api::events::v1::Event,
+        Namespace,
+        Node,
+        PersistentVolume,
+        PersistentVolumeClaim,
+        Pod,
+        ServiceAccount,
+        ClusterRole,
+        ClusterRoleBinding,
+        Role,
+        RoleBinding,
+        CSIDriver,
+        CSINode,
+        StorageClass,
+        VolumeAttachment,
+    );
+    if group == SpecialResource::group(&()) {
+        return false;
+    }
+    panic!("{group}/{resource}: add its kind to `namespaced`")
 }
 
 // ---------------------------------------------------------------------------------
@@ -330,6 +481,14 @@ fn renders_the_expected_objects() {
         format!("ServiceAccount {OPERATOR}"),
         format!("ClusterRole {OPERATOR}"),
         format!("ClusterRoleBinding {OPERATOR}"),
+        // Not bound by deploy/: the operator binds them (tests below).
+        format!("ClusterRole {NAMESPACE_ROLE}"),
+        format!("ClusterRole {}", objects::KMOD_ROLE),
+        format!("ClusterRole {}", objects::PROVISIONER_ROLE),
+        format!("ClusterRole {}", objects::PROVISIONER_LEASES_ROLE),
+        // kmod-manager's Node writes, narrowed (tests/node_policy.rs).
+        format!("ValidatingAdmissionPolicy {KMOD_NODE_POLICY}"),
+        format!("ValidatingAdmissionPolicyBinding {KMOD_NODE_POLICY}"),
         format!("Deployment {OPERATOR}"),
         format!("Service {OPERATOR}-metrics"),
     ];
@@ -381,6 +540,8 @@ fn namespaced_objects_live_in_afs_system() {
         "Namespace",
         "ClusterRole",
         "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ];
     for o in rendered() {
         let namespace = o["metadata"]["namespace"].as_str();
@@ -434,9 +595,9 @@ fn common_labels_everywhere_but_in_selectors() {
 // ---------------------------------------------------------------------------------
 // RBAC
 
-#[test]
-fn no_wildcard_in_any_rule() {
-    let mut roles: Vec<(String, Vec<PolicyRule>)> = rendered()
+/// Every ClusterRole and Role deploy/ renders, with its rules.
+fn rendered_roles() -> Vec<(String, Vec<PolicyRule>)> {
+    rendered()
         .iter()
         .filter(|o| matches!(kind(o), "ClusterRole" | "Role"))
         .map(|o| {
@@ -445,13 +606,13 @@ fn no_wildcard_in_any_rule() {
                 serde_json::from_value(o["rules"].clone()).expect("rules parse"),
             )
         })
-        .collect();
-    assert!(!roles.is_empty(), "deploy/ renders no role");
-    roles.extend(
-        built_rules()
-            .into_iter()
-            .map(|(role, rule)| (role, vec![rule])),
-    );
+        .collect()
+}
+
+#[test]
+fn no_wildcard_in_any_rule() {
+    let roles = rendered_roles();
+    assert!(roles.len() >= 2, "deploy/ renders no role: {roles:?}");
     for (role, rules) in &roles {
         for rule in rules {
             let fields = [
@@ -483,76 +644,219 @@ fn no_wildcard_in_any_rule() {
 }
 
 #[test]
-fn operator_holds_every_rule_it_grants() {
-    // The API server refuses a Role or ClusterRole granting more than its creator
-    // holds; so would it refuse the operator's.
-    let ours = operator_rules();
-    let built = built_rules();
-    assert!(
-        built
-            .iter()
-            .any(|(role, _)| role.starts_with("ClusterRole "))
-            && built.iter().any(|(role, _)| role.starts_with("Role ")),
-        "the sample SR should build both ClusterRoles and Roles: {built:?}"
-    );
+fn operator_may_make_every_call_of_the_controller() {
     let mut missing = Vec::new();
-    for (role, rule) in &built {
-        let names = list(&rule.resource_names);
-        for g in expand(rule) {
-            if !covers(&ours, &g, names) {
-                missing.push(format!("{role}: {g:?}"));
+    for (group, resource, where_, verbs) in CONTROLLER_CALLS {
+        for verb in *verbs {
+            if !may_call(group, resource, *where_, verb) {
+                missing.push(format!("{where_:?}: {group}/{resource} {verb}"));
             }
         }
     }
     assert!(
         missing.is_empty(),
-        "the operator's ClusterRole (deploy/rbac.yaml) lacks what the operator grants \
-         (RBAC escalation prevention would refuse these roles):\n{}",
+        "deploy/rbac.yaml (ClusterRoles {OPERATOR} and {NAMESPACE_ROLE}) lacks calls the \
+         controller makes:\n{}",
         missing.join("\n")
     );
 }
 
 #[test]
-fn operator_may_make_every_call_of_the_controller() {
-    let ours = operator_rules();
-    let missing: Vec<Grant> = controller_grants()
-        .into_iter()
-        .filter(|g| !covers(&ours, g, &[]))
+fn operator_is_granted_nothing_else() {
+    let (cluster, namespace) = needed_by_calls();
+    let cluster: BTreeSet<Grant> = cluster.into_iter().chain(needed_binds()).collect();
+    for (role, rules, needed) in [
+        (OPERATOR, operator_rules(), cluster),
+        (NAMESPACE_ROLE, namespace_rules(), namespace),
+    ] {
+        let expanded: Vec<Grant> = rules.iter().flat_map(expand).collect();
+        let granted: BTreeSet<Grant> = expanded.iter().cloned().collect();
+        let extra: Vec<&Grant> = granted.difference(&needed).collect();
+        assert!(
+            extra.is_empty(),
+            "ClusterRole {role} grants what the controller does not call there, nor needs \
+             to bind (least privilege): {extra:?}"
+        );
+        // Redundant rules hide what a change really grants.
+        assert_eq!(
+            expanded.len(),
+            granted.len(),
+            "{role}: a permission is granted twice"
+        );
+    }
+}
+
+#[test]
+fn namespaced_writes_only_in_sr_namespaces() {
+    // Held in every namespace, the operator's rights would let a compromised operator
+    // (or a bug) write DaemonSets, ConfigMaps or Leases anywhere. Its cluster-wide role
+    // writes no namespaced object but these, each for a reason deploy/rbac.yaml gives.
+    let allowed = |g: &Grant| {
+        let (group, resource, verb, name) =
+            (g.0.as_str(), g.1.as_str(), g.2.as_str(), g.3.as_str());
+        // Its own RoleBinding, by name: made before it has any right in the namespace.
+        (group, resource, name) == (RBAC, "rolebindings", objects::OPERATOR_BINDING)
+            // AFS users are evicted wherever they run.
+            || (group, resource, verb) == (CORE, "pods/eviction", "create")
+            // An SR's events go to `default`.
+            || (group, resource) == (EVENTS, "events")
+    };
+    let writes = ["create", "update", "patch", "delete", "deletecollection"];
+    let wide: Vec<Grant> = operator_rules()
+        .iter()
+        .flat_map(expand)
+        .filter(|g| writes.contains(&g.2.as_str()) && namespaced(&g.0, &g.1) && !allowed(g))
         .collect();
     assert!(
-        missing.is_empty(),
-        "the operator's ClusterRole (deploy/rbac.yaml) lacks calls the controller makes: \
-         {missing:?}"
+        wide.is_empty(),
+        "ClusterRole {OPERATOR} (bound cluster-wide) writes namespaced objects in every \
+         namespace; those belong in {NAMESPACE_ROLE}, bound in SR namespaces only: {wide:?}"
+    );
+    // And the namespaced role is bound by the operator alone, per SR namespace: deploy/
+    // binds nothing but the operator's cluster-wide role.
+    let bound: Vec<String> = rendered()
+        .iter()
+        .filter(|o| matches!(kind(o), "ClusterRoleBinding" | "RoleBinding"))
+        .map(|o| {
+            format!(
+                "{} -> {}",
+                id(o),
+                o["roleRef"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        bound,
+        [format!("ClusterRoleBinding {OPERATOR} -> {OPERATOR}")]
     );
 }
 
 #[test]
-fn operator_is_granted_nothing_else() {
+fn operator_binds_only_shipped_roles_it_may_bind() {
+    let bindings = built_bindings();
+    assert!(
+        bindings
+            .iter()
+            .any(|(b, _)| b.starts_with("ClusterRoleBinding "))
+            && bindings.iter().any(|(b, _)| b.starts_with("RoleBinding ")),
+        "the sample SR should build both kinds of bindings: {bindings:?}"
+    );
     let ours = operator_rules();
-    let needed: BTreeSet<Grant> = controller_grants()
-        .into_iter()
-        .chain(built_rules().iter().flat_map(|(_, rule)| expand(rule)))
+    for (binding, role_ref) in &bindings {
+        assert_eq!(
+            (role_ref.api_group.as_deref(), role_ref.kind.as_str()),
+            (Some(RBAC), "ClusterRole"),
+            "{binding}: binds a shipped ClusterRole"
+        );
+        // Shipped in deploy/: exactly one rendered ClusterRole of that name.
+        object("ClusterRole", &role_ref.name);
+        assert!(
+            allows(&ours, RBAC, "clusterroles", "bind", &role_ref.name),
+            "{binding}: the API server refuses it unless ClusterRole {OPERATOR} may bind \
+             {} (deploy/rbac.yaml)",
+            role_ref.name
+        );
+    }
+    let mut built: Vec<&str> = bindings.iter().map(|(_, r)| r.name.as_str()).collect();
+    built.sort_unstable();
+    built.dedup();
+    let mut shipped = objects::BOUND_ROLES.to_vec();
+    shipped.sort_unstable();
+    assert_eq!(built, shipped, "objects::BOUND_ROLES names what is bound");
+    // Bound, not held: of the rights it hands out the operator holds only those it
+    // calls itself (before, it held them all, cluster-wide, to be allowed to grant them).
+    let (cluster, namespace) = needed_by_calls();
+    for role in [
+        objects::KMOD_ROLE,
+        objects::PROVISIONER_ROLE,
+        objects::PROVISIONER_LEASES_ROLE,
+    ] {
+        for (group, resource, verb, _) in role_rules(role).iter().flat_map(expand) {
+            let called = cluster.contains(&grant(&group, &resource, &verb, ""))
+                || namespace.contains(&grant(&group, &resource, &verb, ""));
+            if called {
+                continue;
+            }
+            assert!(
+                !allows(&ours, &group, &resource, &verb, "")
+                    && !allows(&namespace_rules(), &group, &resource, &verb, ""),
+                "the operator holds {group}/{resource} {verb} of ClusterRole {role}: it \
+                 needs only `bind` on that role"
+            );
+        }
+    }
+}
+
+/// The rules of a shipped role as sorted (group, resource, verb) triples.
+fn triples(role: &str) -> Vec<(String, String, String)> {
+    let mut all: Vec<(String, String, String)> = role_rules(role)
+        .iter()
+        .flat_map(expand)
+        .map(|(g, r, v, name)| {
+            assert_eq!(name, "", "{role}: no resourceNames");
+            (g, r, v)
+        })
         .collect();
-    let granted: BTreeSet<Grant> = ours.iter().flat_map(expand).collect();
-    let extra: Vec<&Grant> = granted.difference(&needed).collect();
-    assert!(
-        extra.is_empty(),
-        "the operator's ClusterRole grants what neither the controller calls nor the \
-         operator's roles grant (least privilege): {extra:?}"
-    );
-    // Redundant rules hide what a change really grants: each (group, resource, verb)
-    // appears once.
-    let expanded: Vec<Grant> = ours.iter().flat_map(expand).collect();
+    all.sort();
+    all
+}
+
+fn expected(rules: &[(&str, &str, &[&str])]) -> Vec<(String, String, String)> {
+    let mut all: Vec<(String, String, String)> = rules
+        .iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(|v| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn component_roles_are_what_the_components_call() {
+    // kmod-manager's NodeReporter gets its Node and merge-patches it (the policy
+    // afs-kmod-manager-node narrows that to its Node and keys: tests/node_policy.rs).
     assert_eq!(
-        expanded.len(),
-        granted.len(),
-        "a permission is granted twice"
+        triples(objects::KMOD_ROLE),
+        expected(&[(CORE, "nodes", &["get", "patch"])])
     );
-    // Not restricted by resourceNames either: the objects are named after SRs that do
-    // not exist yet when this is installed.
-    assert!(
-        ours.iter().all(|r| list(&r.resource_names).is_empty()),
-        "no rule of the operator is restricted by resourceNames"
+    // kubernetes-csi/external-provisioner deploy/kubernetes/rbac.yaml, without the
+    // snapshot rules (the driver has none).
+    let read: &[&str] = &["get", "list", "watch"];
+    assert_eq!(
+        triples(objects::PROVISIONER_ROLE),
+        expected(&[
+            (
+                CORE,
+                "persistentvolumes",
+                &["get", "list", "watch", "create", "patch", "delete"]
+            ),
+            (
+                CORE,
+                "persistentvolumeclaims",
+                &["get", "list", "watch", "update"]
+            ),
+            (STORAGE, "storageclasses", read),
+            (
+                CORE,
+                "events",
+                &["get", "list", "watch", "create", "update", "patch"]
+            ),
+            (STORAGE, "csinodes", read),
+            (CORE, "nodes", read),
+            (STORAGE, "volumeattachments", read),
+        ])
+    );
+    // Its leader election (`--leader-election`): a Lease in the SR's namespace.
+    assert_eq!(
+        triples(objects::PROVISIONER_LEASES_ROLE),
+        expected(&[(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "list", "watch", "create", "update", "delete"]
+        )])
     );
 }
 
@@ -612,7 +916,7 @@ fn the_call_table_follows_the_controller() {
     assert!(kinds.contains("SpecialResource") && kinds.contains("Node"));
     let table: BTreeSet<(String, String)> = CONTROLLER_CALLS
         .iter()
-        .map(|(g, r, _)| ((*g).to_owned(), (*r).to_owned()))
+        .map(|(g, r, _, _)| ((*g).to_owned(), (*r).to_owned()))
         .collect();
     let mut used = BTreeSet::new();
     for kind in &kinds {
@@ -641,7 +945,7 @@ fn the_call_table_follows_the_controller() {
     assert!(
         stale.is_empty(),
         "CONTROLLER_CALLS lists resources the controller no longer uses (remove them here \
-         and in deploy/rbac.yaml unless a built role still grants them): {stale:?}"
+         and in deploy/rbac.yaml): {stale:?}"
     );
 }
 
@@ -678,17 +982,22 @@ fn server_side_apply_may_create() {
     let controller = read("operator/src/controller.rs");
     let kinds = applied_kinds(&controller);
     assert!(
-        kinds.iter().any(|k| k == "Namespace") && kinds.iter().any(|k| k == "Role"),
+        kinds.iter().any(|k| k == "Namespace") && kinds.iter().any(|k| k == "RoleBinding"),
         "the parser of ensure(..) calls found {kinds:?}"
     );
-    let ours = operator_rules();
     for kind in &kinds {
         let (group, resource) = api_resource(kind).expect("a known kind");
         for verb in ["get", "create", "patch"] {
-            let g = grant(&group, &resource, verb);
+            // Wherever the table says the controller applies this kind.
+            let places: Vec<Where> = CONTROLLER_CALLS
+                .iter()
+                .filter(|(g, r, _, verbs)| *g == group && *r == resource && verbs.contains(&verb))
+                .map(|(_, _, w, _)| *w)
+                .collect();
             assert!(
-                controller_grants().contains(&g) && covers(&ours, &g, &[]),
-                "controller.rs applies {kind}: CONTROLLER_CALLS and deploy/rbac.yaml need {g:?}"
+                !places.is_empty() && places.iter().all(|w| may_call(&group, &resource, *w, verb)),
+                "controller.rs applies {kind}: CONTROLLER_CALLS and deploy/rbac.yaml need \
+                 {group}/{resource} {verb} ({places:?})"
             );
         }
     }
@@ -778,6 +1087,7 @@ fn interface_parser_finds_the_operators_flags() {
     let (flags, vars) = operator_interface();
     assert!(flags.contains_key("--metrics-address"), "{flags:?}");
     assert!(flags.contains_key("--log-json"), "{flags:?}");
+    assert!(flags.contains_key("--service-account"), "{flags:?}");
     assert!(vars.contains("RUST_LOG"), "{vars:?}");
 }
 
@@ -830,6 +1140,18 @@ fn container_passes_only_what_the_operator_reads() {
             && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
         "POD_NAME names the instance in events: {env:?}"
     );
+    // The operator binds its namespaced role to the account it runs as: the pod's
+    // own, whatever the install names it.
+    for (var, field) in [
+        ("AFS_OPERATOR_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        ("AFS_OPERATOR_NAMESPACE", "metadata.namespace"),
+    ] {
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == var && e["valueFrom"]["fieldRef"]["fieldPath"] == field),
+            "{var} from the downward API's {field}: {env:?}"
+        );
+    }
     // The listening port is the one declared, probed and scraped.
     let port = listen_port(&args, &flags);
     let ports = c["ports"].as_array().expect("container ports");

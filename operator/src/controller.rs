@@ -5,14 +5,14 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Node, PersistentVolume, Pod, ServiceAccount,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, StorageClass};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -35,7 +35,7 @@ use crate::labels::{
     UPGRADE_STATE_LABEL,
 };
 use crate::metrics::Metrics;
-use crate::objects::{self, Desired, Inputs};
+use crate::objects::{self, Desired, Inputs, OperatorAccount};
 use crate::observe::{self, GroupIndex, Observed};
 use crate::rollout::{self, GroupView, Plan, Policy, UPGRADE_TARGET_ANNOTATION, UpgradeState};
 use crate::status::{DEGRADED, PROGRESSING, READY, Verdict, merge_conditions};
@@ -45,6 +45,8 @@ use crate::{diff, nodes};
 const BUSY_REQUEUE: Duration = Duration::from_secs(5);
 /// Requeue in steady state: watches bring changes sooner.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// How long a new RoleBinding may take to reach the API server's authorizer.
+const RBAC_PROPAGATION: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -99,6 +101,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Every SpecialResource, for overlaps and shared driver pieces.
     pub srs: Store<SpecialResource>,
+    /// The operator's own ServiceAccount: bound to its namespaced role in each SR
+    /// namespace.
+    pub account: OperatorAccount,
 }
 
 impl Debug for Context {
@@ -121,14 +126,32 @@ impl Context {
             recorder,
             metrics,
             srs,
+            account: OperatorAccount::default(),
         }
+    }
+
+    /// The same, for an operator running as `account`.
+    pub fn with_account(self, account: OperatorAccount) -> Self {
+        Self { account, ..self }
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves, as the ServiceAccount deploy/
+/// installs ([`OperatorAccount::default`]).
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_as(client, metrics, OperatorAccount::default(), shutdown).await;
+}
+
+/// Runs the controller until `shutdown` resolves; `account` is the ServiceAccount the
+/// client authenticates as (the subject of its RoleBinding in each SR namespace).
+pub async fn run_as(
+    client: Client,
+    metrics: Arc<Metrics>,
+    account: OperatorAccount,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let managed =
@@ -138,7 +161,7 @@ pub async fn run(
         watcher::Config::default(),
     );
     let store = controller.store();
-    let ctx = Arc::new(Context::new(client.clone(), metrics, store.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), metrics, store.clone()).with_account(account));
     controller
         // Not `.owns`: kube-runtime would key a cluster-scoped owner with the child's
         // namespace, a second key for the same SR, so two reconciles of one SR could
@@ -573,8 +596,9 @@ async fn patch_node(ctx: &Context, node: &str, patch: &serde_json::Value) -> Res
     Ok(())
 }
 
-/// Server-side apply of `desired` unless the live object already carries all of it.
-async fn ensure<K>(ctx: &Context, api: &Api<K>, desired: &K) -> Result<(), Error>
+/// Server-side apply of `desired` unless the live object already carries all of it;
+/// whether it wrote.
+async fn ensure<K>(ctx: &Context, api: &Api<K>, desired: &K) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
@@ -587,7 +611,7 @@ where
         let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
         let have = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
         if diff::is_subset(&want, &have) {
-            return Ok(());
+            return Ok(false);
         }
     }
     ctx.metrics.write();
@@ -597,7 +621,64 @@ where
         &Patch::Apply(desired),
     )
     .await?;
-    Ok(())
+    Ok(true)
+}
+
+/// Gives the operator its rights in the SR namespace `namespace`: a RoleBinding of
+/// [`objects::OPERATOR_NAMESPACE_ROLE`] to its own ServiceAccount. Every other write
+/// there is authorized by it (the cluster-wide ClusterRole holds no namespaced write
+/// but this binding, by name), so it comes right after the namespace, before anything
+/// else. A new binding reaches the API server's authorizer through a watch, a moment
+/// later: wait for it (bounded) with a namespaced read it grants.
+#[instrument(skip(ctx))]
+async fn bind_operator(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let binding = objects::operator_role_binding(namespace, &ctx.account);
+    let bindings = Api::<RoleBinding>::namespaced(ctx.client.clone(), namespace);
+    if !ensure(ctx, &bindings, &binding).await? {
+        return Ok(());
+    }
+    info!(account = %ctx.account.name, "bound the operator's namespaced role");
+    let probe = Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace);
+    let deadline = Instant::now() + RBAC_PROPAGATION;
+    loop {
+        match probe.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 403 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Removes the operator's RoleBinding from the SR's namespace once no other live SR
+/// uses that namespace: no namespaced right outlives the SRs there. (Another SR of the
+/// namespace being deleted at the same time then leaves its objects there to the
+/// garbage collector: see [`delete_objects`].)
+async fn unbind_operator(
+    ctx: &Context,
+    sr: &SpecialResource,
+    live: &[&SpecialResource],
+) -> Result<(), Error> {
+    let namespace = sr.spec.namespace.as_str();
+    if live
+        .iter()
+        .any(|o| o.name_any() != sr.name_any() && o.spec.namespace == namespace)
+    {
+        return Ok(());
+    }
+    ctx.metrics.write();
+    match Api::<RoleBinding>::namespaced(ctx.client.clone(), namespace)
+        .delete(objects::OPERATOR_BINDING, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {
+            info!(%namespace, "removed the operator's namespaced role binding");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deletes our objects of a kind (by SR label) that are no longer desired.
@@ -639,6 +720,8 @@ async fn apply_desired(
     let ns = sr.spec.namespace.as_str();
     let name = sr.name_any();
     ensure(ctx, &Api::<Namespace>::all(c.clone()), &d.namespace).await?;
+    // First in the namespace: every write below needs it.
+    bind_operator(ctx, ns).await?;
     let sa = Api::<ServiceAccount>::namespaced(c.clone(), ns);
     for o in &d.service_accounts {
         ensure(ctx, &sa, o).await?;
@@ -664,17 +747,6 @@ async fn apply_desired(
         cm.delete(&o.name_any(), &DeleteParams::background())
             .await?;
     }
-    let roles = Api::<ClusterRole>::all(c.clone());
-    for o in &d.cluster_roles {
-        ensure(ctx, &roles, o).await?;
-    }
-    prune(
-        ctx,
-        &roles,
-        &name,
-        &d.cluster_roles.iter().collect::<Vec<_>>(),
-    )
-    .await?;
     let bindings = Api::<ClusterRoleBinding>::all(c.clone());
     for o in &d.cluster_role_bindings {
         ensure(ctx, &bindings, o).await?;
@@ -686,11 +758,6 @@ async fn apply_desired(
         &d.cluster_role_bindings.iter().collect::<Vec<_>>(),
     )
     .await?;
-    let roles = Api::<Role>::namespaced(c.clone(), ns);
-    for o in &d.roles {
-        ensure(ctx, &roles, o).await?;
-    }
-    prune(ctx, &roles, &name, &d.roles.iter().collect::<Vec<_>>()).await?;
     let bindings = Api::<RoleBinding>::namespaced(c.clone(), ns);
     for o in &d.role_bindings {
         ensure(ctx, &bindings, o).await?;
@@ -942,15 +1009,31 @@ async fn delete_objects(
     let c = &ctx.client;
     let ns = sr.spec.namespace.as_str();
     let name = sr.name_any();
-    prune::<DaemonSet>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
-    prune::<Deployment>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    // The operator's rights in the namespace come from its binding there, made when
+    // the SR was applied. Without it (an SR refused for overlap never made one; another
+    // SR of the namespace deleted at the same time removed it; a pass on an SR already
+    // gone, whose cleanup removed it) it is not made again: the SR's objects there are
+    // owned by the SR, and the garbage collector deletes them with it.
+    let in_namespace = Api::<RoleBinding>::namespaced(c.clone(), ns)
+        .get_opt(objects::OPERATOR_BINDING)
+        .await?
+        .is_some();
+    if !in_namespace {
+        info!(namespace = %ns, "no binding of the operator in the namespace: its objects go with the SR");
+    }
+    if in_namespace {
+        prune::<DaemonSet>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+        prune::<Deployment>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    }
     prune::<StorageClass>(ctx, &Api::all(c.clone()), &name, &[]).await?;
     prune::<ClusterRoleBinding>(ctx, &Api::all(c.clone()), &name, &[]).await?;
-    prune::<ClusterRole>(ctx, &Api::all(c.clone()), &name, &[]).await?;
-    prune::<RoleBinding>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
-    prune::<Role>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
-    prune::<ConfigMap>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
-    prune::<ServiceAccount>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+    if in_namespace {
+        prune::<RoleBinding>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+        prune::<ConfigMap>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+        prune::<ServiceAccount>(ctx, &Api::namespaced(c.clone(), ns), &name, &[]).await?;
+        // Last: it authorized the deletions above.
+        unbind_operator(ctx, sr, live).await?;
+    }
     // The CSIDriver is shared: it goes with the last SR of its driver name.
     let driver = &sr.spec.csi.driver_name;
     if !live

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use afs_operator::objects::{OPERATOR_ACCOUNT, OPERATOR_ACCOUNT_NAMESPACE, OperatorAccount};
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -20,6 +21,14 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "AFS_OPERATOR_LOG_JSON")]
     log_json: bool,
+    /// The ServiceAccount this operator runs as (in a pod: the downward API's
+    /// `spec.serviceAccountName`). It binds its namespaced role to this account in each
+    /// SR namespace.
+    #[arg(long, env = "AFS_OPERATOR_SERVICE_ACCOUNT", default_value = OPERATOR_ACCOUNT)]
+    service_account: String,
+    /// The namespace of that ServiceAccount (in a pod: `metadata.namespace`).
+    #[arg(long, env = "AFS_OPERATOR_NAMESPACE", default_value = OPERATOR_ACCOUNT_NAMESPACE)]
+    service_account_namespace: String,
 }
 
 #[tokio::main]
@@ -42,7 +51,11 @@ async fn main() -> anyhow::Result<()> {
         async move { while !*stopped.borrow_and_update() && stopped.changed().await.is_ok() {} }
     };
     let http = afs_operator::http::serve(args.metrics_address, Arc::new(registry), until_stopped());
-    let controller = afs_operator::controller::run(client, metrics, until_stopped());
+    let account = OperatorAccount {
+        name: args.service_account,
+        namespace: args.service_account_namespace,
+    };
+    let controller = afs_operator::controller::run_as(client, metrics, account, until_stopped());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let signals = async move {
         tokio::select! {

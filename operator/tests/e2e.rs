@@ -1,9 +1,11 @@
 //! End-to-end against a real API server: set `AFS_E2E_KUBECONFIG` to a kubeconfig of a
 //! bare control plane (kube-apiserver + kube-controller-manager with the daemonset,
-//! garbage-collector and namespace controllers; NO kubelet, NO scheduler). The test
-//! creates Node objects, plays kubelet (binds DaemonSet pods, patches pod status,
-//! reports the module ready, registers the driver, finishes terminating pods) and runs
-//! the operator in-process. Without the variable every test here skips with a message.
+//! garbage-collector and namespace controllers; NO kubelet, NO scheduler). The tests
+//! install deploy/'s RBAC and admission policy, create Node objects, play kubelet (bind
+//! DaemonSet pods, patch pod status, report the module ready, register the driver,
+//! finish terminating pods) and run the operator in-process as its own ServiceAccount
+//! (a token of `afs-system/afs-operator`), so the API server holds it to deploy/'s
+//! rights. Without the variable every test here skips with a message.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -16,16 +18,30 @@ use std::time::{Duration, Instant};
 use afs_operator::crd::SpecialResource;
 use afs_operator::labels;
 use afs_operator::metrics::Metrics;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use afs_operator::objects::{self, OperatorAccount};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kmod_manager::guard::{ModuleUse, Usage};
+use kmod_manager::node::NodeReporter;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
 use kube::{Client, CustomResourceExt, ResourceExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use kubelet::Kubelet;
 
 const MANAGER: &str = "afs-e2e";
+
+/// The tests of this file each run an operator, which acts on every SR of the
+/// cluster: one at a time.
+static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn apply() -> PatchParams {
     PatchParams::apply(MANAGER).force()
@@ -197,9 +213,10 @@ fn state(node: &Node) -> String {
 /// pod), and deletion node by node.
 #[tokio::test]
 async fn end_to_end_on_a_bare_control_plane() {
-    let Some((client, _)) = kubelet::e2e_client().await else {
+    let Some((client, kubeconfig)) = kubelet::e2e_client().await else {
         return;
     };
+    let _one = ONE_OPERATOR.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -213,10 +230,12 @@ async fn end_to_end_on_a_bare_control_plane() {
         id,
     });
     run.install_crd().await;
+    let operator_client = install_operator(&client, &kubeconfig).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(afs_operator::controller::run(
-        client.clone(),
+    let operator = tokio::spawn(afs_operator::controller::run_as(
+        operator_client,
         Arc::new(Metrics::default()),
+        OperatorAccount::default(),
         async {
             let _ = stopped.await;
         },
@@ -441,4 +460,480 @@ async fn scenario(run: Arc<Run>) {
         );
     }
     run.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------
+// The trust boundary
+
+/// A file of deploy/, applied as an admin would.
+async fn apply_manifest(client: &Client, file: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    for document in serde_norway::Deserializer::from_str(&text) {
+        let object = DynamicObject::deserialize(document).unwrap();
+        let gvk = GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {gvk:?}: {e}"));
+        let api: Api<DynamicObject> =
+            match (capabilities.scope, object.metadata.namespace.as_deref()) {
+                (Scope::Namespaced, Some(ns)) => {
+                    Api::namespaced_with(client.clone(), ns, &resource)
+                }
+                _ => Api::all_with(client.clone(), &resource),
+            };
+        api.patch(&object.name_any(), &apply(), &Patch::Apply(&object))
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {} {}: {e}", gvk.kind, object.name_any()));
+    }
+}
+
+/// A token of `namespace/account`, bound to `pod` when given (the API server then
+/// adds the pod's node to it).
+async fn token(client: &Client, namespace: &str, account: &str, pod: Option<&Pod>) -> String {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            bound_object_ref: pod.map(|p| BoundObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: p.metadata.name.clone(),
+                uid: p.metadata.uid.clone(),
+            }),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("token of {namespace}/{account}: {e}"))
+        .status
+        .and_then(|s| s.token)
+        .expect("a token")
+}
+
+/// A client of the same cluster authenticated by `token` alone.
+async fn client_with_token(kubeconfig: &str, token: String) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..kube::config::AuthInfo::default()
+    };
+    Client::try_from(config).unwrap()
+}
+
+/// Installs deploy/'s namespace, the operator's ServiceAccount, the RBAC and the
+/// admission policy, and returns a client that is the operator's ServiceAccount: the
+/// operator then runs with exactly deploy/'s rights.
+async fn install_operator(client: &Client, kubeconfig: &str) -> Client {
+    apply_manifest(client, "namespace.yaml").await;
+    apply_manifest(client, "rbac.yaml").await;
+    let account = OperatorAccount::default();
+    let operator = client_with_token(
+        kubeconfig,
+        token(client, &account.namespace, &account.name, None).await,
+    )
+    .await;
+    let srs = Api::<SpecialResource>::all(operator.clone());
+    wait_for(
+        "the operator's RBAC to take effect",
+        Duration::from_secs(30),
+        || async { srs.list(&ListParams::default()).await.is_ok() },
+    )
+    .await;
+    operator
+}
+
+/// The status code and message of a refused request (panics when it was not).
+fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// Whether `client` may create a ConfigMap, a DaemonSet and a Lease in `namespace`
+/// (dry runs: authorized and admitted, never stored), each `Ok` or the refusal's code.
+async fn namespaced_writes(
+    client: &Client,
+    namespace: &str,
+) -> [(&'static str, Result<(), u16>); 3] {
+    let code = |r: Result<(), kube::Error>| {
+        r.map_err(|e| match e {
+            kube::Error::Api(s) => s.code,
+            other => panic!("{other}"),
+        })
+    };
+    let config_map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "probe"}})).unwrap();
+    let daemon_set: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"matchLabels": {"app": "probe"}},
+            "template": {"metadata": {"labels": {"app": "probe"}},
+                "spec": {"containers": [{"name": "c", "image": "registry.example/probe:1"}]}}}
+    }))
+    .unwrap();
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "probe"}, "spec": {}})).unwrap();
+    [
+        (
+            "ConfigMap",
+            code(
+                Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                    .create(&dry_run(), &config_map)
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "DaemonSet",
+            code(
+                Api::<DaemonSet>::namespaced(client.clone(), namespace)
+                    .create(&dry_run(), &daemon_set)
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "Lease",
+            code(
+                Api::<Lease>::namespaced(client.clone(), namespace)
+                    .create(&dry_run(), &lease)
+                    .await
+                    .map(drop),
+            ),
+        ),
+    ]
+}
+
+fn usage(csi_targets: usize) -> Usage {
+    Usage {
+        module: ModuleUse::Loaded {
+            refcount: 1,
+            holders: vec![],
+        },
+        csi_targets,
+        mounts: csi_targets,
+    }
+}
+
+/// The trust boundary on a real API server: the operator's ServiceAccount writes
+/// ConfigMaps, DaemonSets and Leases in no namespace but the SR namespaces it bound
+/// itself into, and loses that when the SR goes; a kmod-manager token bound to a pod
+/// on node 1 patches node 1's kmod-manager keys with kmod-manager's own code, and
+/// nothing else: not node 2, not other labels, the cordon or other taints, and not
+/// without the node claim.
+#[tokio::test]
+async fn trust_boundary_on_a_bare_control_plane() {
+    let Some((client, kubeconfig)) = kubelet::e2e_client().await else {
+        return;
+    };
+    let _one = ONE_OPERATOR.lock().await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let id = format!("{:x}", std::process::id() ^ clock.subsec_nanos());
+    let run = Arc::new(Run {
+        client: client.clone(),
+        id,
+    });
+    run.install_crd().await;
+    let operator_client = install_operator(&client, &kubeconfig).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(afs_operator::controller::run_as(
+        operator_client.clone(),
+        Arc::new(Metrics::default()),
+        OperatorAccount::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let result = tokio::spawn(trust_boundary(
+        run.clone(),
+        operator_client,
+        kubeconfig.clone(),
+    ))
+    .await;
+    let _ = stop.send(());
+    let _ = operator.await;
+    run.cleanup().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+async fn trust_boundary(run: Arc<Run>, operator: Client, kubeconfig: String) {
+    let c = run.client.clone();
+    let (n1, n2) = (run.node(1), run.node(2));
+    run.create_node(1).await;
+    run.create_node(2).await;
+    // A namespace that is no SR's.
+    let plain = run.apps();
+    Api::<Namespace>::all(c.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": plain}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    for (kind, outcome) in namespaced_writes(&operator, &plain).await {
+        assert_eq!(
+            outcome,
+            Err(403),
+            "the operator may not create a {kind} in {plain}, which is no SR's namespace"
+        );
+    }
+
+    // An SR: the operator makes its namespace, binds its role there, then the rest.
+    run.apply_sr(&run.sr("g1", "1.0.0")).await;
+    let namespace = run.sr_name("g1");
+    let kmod_account = format!("{}-kmod", run.sr_name("g1"));
+    wait_for(
+        "the operator to deploy the SR with its own rights",
+        Duration::from_secs(60),
+        || async {
+            let ds = Api::<DaemonSet>::namespaced(c.clone(), &namespace)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0);
+            let kmod_binding = Api::<ClusterRoleBinding>::all(c.clone())
+                .get_opt(&format!("afs-sr-{}-kmod-manager", run.sr_name("g1")))
+                .await
+                .unwrap();
+            ds >= 2 && kmod_binding.is_some()
+        },
+    )
+    .await;
+    let binding = Api::<RoleBinding>::namespaced(c.clone(), &namespace)
+        .get(objects::OPERATOR_BINDING)
+        .await
+        .expect("the operator's RoleBinding in the SR namespace");
+    assert_eq!(binding.role_ref.name, objects::OPERATOR_NAMESPACE_ROLE);
+    let writes = namespaced_writes(&operator, &namespace).await;
+    assert_eq!(
+        writes,
+        [
+            ("ConfigMap", Ok(())),
+            ("DaemonSet", Ok(())),
+            ("Lease", Err(403))
+        ],
+        "in its SR namespace the operator writes ConfigMaps and DaemonSets; Leases are \
+         the provisioner's, which it binds but does not hold"
+    );
+
+    // kmod-manager's pod on n1 and its token (the kubelet would mount one like it).
+    let pods = Api::<Pod>::namespaced(c.clone(), &namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "kmod-probe"},
+        "spec": {"nodeName": n1, "serviceAccountName": kmod_account,
+            "containers": [{"name": "kmod-manager", "image": "registry.example/kmod:1"}]}
+    }))
+    .unwrap();
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let kmod = client_with_token(
+        &kubeconfig,
+        token(&c, &namespace, &kmod_account, Some(&pod)).await,
+    )
+    .await;
+    let reporter = |node: &str| {
+        NodeReporter::new(
+            kmod.clone(),
+            node.to_owned(),
+            labels::KMOD_READY_LABEL.to_owned(),
+            labels::KMOD_READINESS_TAINT.to_owned(),
+        )
+    };
+    // The policy takes effect once the API server's admission has seen it.
+    wait_for(
+        "the admission policy to hold kmod-manager to its node",
+        Duration::from_secs(60),
+        || async {
+            reporter(&n2)
+                .report(true, "probe", Some(&usage(0)))
+                .await
+                .is_err_and(|e| e.to_string().contains("afs-kmod-manager-node"))
+        },
+    )
+    .await;
+
+    // Its own node, its own keys, exactly as kmod-manager writes them: allowed.
+    reporter(&n1)
+        .report(true, "kafs loaded", Some(&usage(2)))
+        .await
+        .expect("kmod-manager reports ready on its node");
+    let node = Api::<Node>::all(c.clone()).get(&n1).await.unwrap();
+    assert_eq!(
+        node.labels()
+            .get(labels::KMOD_READY_LABEL)
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        node.annotations()
+            .get(labels::PUBLISHED_VOLUMES_ANNOTATION)
+            .map(String::as_str),
+        Some("2")
+    );
+    reporter(&n1)
+        .report(false, "kafs kept: in use", None)
+        .await
+        .expect("kmod-manager reports not ready on its node");
+    let node = Api::<Node>::all(c.clone()).get(&n1).await.unwrap();
+    assert!(taints(&node).contains(&labels::KMOD_READINESS_TAINT.to_owned()));
+    let usage_patch = kmod_manager::node::usage_patch(None, &usage(1)).unwrap();
+    let kmod_nodes = Api::<Node>::all(kmod.clone());
+    kmod_nodes
+        .patch(
+            &n1,
+            &PatchParams::apply("kmod-manager"),
+            &Patch::Merge(&usage_patch),
+        )
+        .await
+        .expect("kmod-manager's usage annotations on its node");
+
+    // Anything else: refused by the policy, saying what.
+    let policy = "ValidatingAdmissionPolicy 'afs-kmod-manager-node'";
+    let (code, message) = refusal(
+        reporter(&n2)
+            .report(true, "kafs loaded", Some(&usage(0)))
+            .await,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains(policy)
+            && message.contains(&format!(
+                "kmod-manager on node {n1} may patch only that Node, not {n2}"
+            )),
+        "{message}"
+    );
+    for (what, patch, says) in [
+        (
+            "another label",
+            json!({"metadata": {"labels": {"kubernetes.io/hostname": "elsewhere"}}}),
+            "may change only its label afs.csi.auristor.com/kmod-ready, not kubernetes.io/hostname",
+        ),
+        (
+            "the cordon",
+            json!({"spec": {"unschedulable": true}}),
+            "spec.unschedulable",
+        ),
+        (
+            "another annotation",
+            json!({"metadata": {"annotations": {"afs.csi.auristor.com/upgrade-reason": "mine"}}}),
+            "not afs.csi.auristor.com/upgrade-reason",
+        ),
+    ] {
+        let (code, message) = refusal(
+            kmod_nodes
+                .patch(
+                    &n1,
+                    &PatchParams::apply("kmod-manager"),
+                    &Patch::Merge(&patch),
+                )
+                .await,
+        );
+        assert!(
+            code == 403 && message.contains(policy) && message.contains(says),
+            "{what}: {code} {message}"
+        );
+    }
+    // Another taint: kmod-manager's own shape (the whole list, as it read it, plus one).
+    let node = Api::<Node>::all(c.clone()).get(&n1).await.unwrap();
+    let mut taints_now: Vec<Value> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|t| t.iter().map(|t| serde_json::to_value(t).unwrap()).collect())
+        .unwrap_or_default();
+    taints_now.push(json!({"key": "example.com/evict", "effect": "NoExecute"}));
+    let (code, message) = refusal(
+        kmod_nodes
+            .patch(
+                &n1,
+                &PatchParams::apply("kmod-manager"),
+                &Patch::Merge(json!({"spec": {"taints": taints_now}})),
+            )
+            .await,
+    );
+    assert!(
+        code == 403 && message.contains(policy) && message.contains("example.com/evict"),
+        "another taint: {code} {message}"
+    );
+    // A token of the same account without the node claim.
+    let unbound = client_with_token(
+        &kubeconfig,
+        token(&c, &namespace, &kmod_account, None).await,
+    )
+    .await;
+    let (code, message) = refusal(
+        NodeReporter::new(
+            unbound,
+            n1.clone(),
+            labels::KMOD_READY_LABEL.to_owned(),
+            labels::KMOD_READINESS_TAINT.to_owned(),
+        )
+        .report(true, "kafs loaded", Some(&usage(0)))
+        .await,
+    );
+    assert!(
+        code == 403 && message.contains(policy) && message.contains("names no node"),
+        "{code} {message}"
+    );
+
+    // The SR goes: the operator removes its binding, and its rights there with it.
+    pods.delete("kmod-probe", &DeleteParams::default())
+        .await
+        .unwrap();
+    Api::<SpecialResource>::all(c.clone())
+        .delete(&run.sr_name("g1"), &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the SR to be deleted", Duration::from_secs(90), || async {
+        Api::<SpecialResource>::all(c.clone())
+            .get_opt(&run.sr_name("g1"))
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(
+        Api::<RoleBinding>::namespaced(c.clone(), &namespace)
+            .get_opt(objects::OPERATOR_BINDING)
+            .await
+            .unwrap()
+            .is_none(),
+        "the operator's binding goes with the namespace's last SR"
+    );
+    wait_for(
+        "the operator's rights in the old SR namespace to end",
+        Duration::from_secs(30),
+        || async {
+            namespaced_writes(&operator, &namespace)
+                .await
+                .iter()
+                .all(|(_, outcome)| *outcome == Err(403))
+        },
+    )
+    .await;
 }

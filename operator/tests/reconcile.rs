@@ -13,6 +13,7 @@ use afs_operator::controller::{Context, reconcile};
 use afs_operator::crd::SpecialResource;
 use afs_operator::labels;
 use afs_operator::metrics::Metrics;
+use afs_operator::objects::OperatorAccount;
 use common::FakeApi;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
@@ -22,6 +23,7 @@ const SRS: &str = "/apis/afs.csi.auristor.com/v1alpha1/specialresources";
 const NODES: &str = "/api/v1/nodes";
 const DAEMON_SETS: &str = "/apis/apps/v1/daemonsets";
 const CSI_NODES: &str = "/apis/storage.k8s.io/v1/csinodes";
+const ROLE_BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/rolebindings";
 const DRIVER: &str = "auristorfs.csi.auristor.com";
 
 fn sr(name: &str, group: &str, version: &str) -> Value {
@@ -64,14 +66,34 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::new_as(OperatorAccount::default())
+    }
+
+    /// An operator running as `account`.
+    fn new_as(account: OperatorAccount) -> Self {
         let api = FakeApi::default();
         let writer = Writer::<SpecialResource>::default();
-        let ctx = Arc::new(Context::new(
-            api.client(),
-            Arc::new(Metrics::default()),
-            writer.as_reader(),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                api.client(),
+                Arc::new(Metrics::default()),
+                writer.as_reader(),
+            )
+            .with_account(account),
+        );
         Self { api, ctx, writer }
+    }
+
+    /// Every request since the last call, as `METHOD path`.
+    fn take_requests(&self) -> Vec<String> {
+        let mut state = self.api.state.lock().unwrap();
+        let requests = state
+            .requests
+            .iter()
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect();
+        state.requests.clear();
+        requests
     }
 
     fn sr(&self, name: &str) -> Arc<SpecialResource> {
@@ -602,5 +624,160 @@ async fn deletion_does_not_wait_for_module_pods_that_were_never_scheduled() {
             .as_ref()
             .is_none_or(Vec::is_empty),
         "finalizer removed"
+    );
+}
+
+/// The operator holds no namespaced write in the SR's namespace but through the
+/// RoleBinding it makes there for the account it runs as: right after the namespace,
+/// before any other request into the namespace (but the cluster-wide pod list); it is
+/// removed with the last live SR of the namespace, after everything else there.
+#[tokio::test]
+async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_last() {
+    let mut h = Harness::new_as(OperatorAccount {
+        name: "ops".to_owned(),
+        namespace: "ops-system".to_owned(),
+    });
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    // A second SR in the same namespace, on other nodes.
+    let mut neighbour = sr("group-2", "g2", "1.0.0");
+    neighbour["spec"]["namespace"] = json!("afs-group-1");
+    h.api.put(SRS, neighbour);
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    h.api.put(NODES, node("n2", "g2", "6.1.0-56-amd64"));
+    h.reconcile("group-1").await; // adds the finalizer
+    h.take_requests();
+    h.reconcile("group-1").await;
+    let requests = h.take_requests();
+    let in_namespace = "/namespaces/afs-group-1/";
+    let binding_path = format!(
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/afs-group-1/rolebindings/{}",
+        afs_operator::objects::OPERATOR_BINDING
+    );
+    let position = |request: &str| {
+        requests
+            .iter()
+            .position(|r| r == request)
+            .unwrap_or_else(|| panic!("no {request} in {requests:#?}"))
+    };
+    let namespace = position("PATCH /api/v1/namespaces/afs-group-1");
+    let bound = position(&format!("PATCH {binding_path}"));
+    assert!(namespace < bound, "{requests:#?}");
+    let before: Vec<&String> = requests[..bound]
+        .iter()
+        .filter(|r| r.contains(in_namespace))
+        .filter(|r| {
+            **r != "GET /api/v1/namespaces/afs-group-1/pods" && **r != format!("GET {binding_path}")
+        })
+        .collect();
+    assert!(
+        before.is_empty(),
+        "requests into the namespace before the operator's binding: {before:?}"
+    );
+    assert!(
+        requests[bound + 1..]
+            .iter()
+            .any(|r| r.contains(in_namespace)),
+        "the SR's objects follow: {requests:#?}"
+    );
+    let binding = h
+        .api
+        .get(
+            ROLE_BINDINGS,
+            "afs-group-1",
+            afs_operator::objects::OPERATOR_BINDING,
+        )
+        .expect("the operator's binding");
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": afs_operator::objects::OPERATOR_NAMESPACE_ROLE})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "ops", "namespace": "ops-system"}])
+    );
+    h.reconcile("group-2").await;
+    h.reconcile("group-2").await;
+
+    // group-1 goes: group-2 still works in the namespace, so the binding stays.
+    let mut deleting = h.api.get(SRS, "", "group-1").unwrap();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T01:00:00Z");
+    h.api.put(SRS, deleting);
+    h.reconcile("group-1").await;
+    assert!(
+        h.sr("group-1")
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_none_or(Vec::is_empty),
+        "group-1 removed: {}",
+        h.status("group-1")
+    );
+    assert!(
+        h.api
+            .get(
+                ROLE_BINDINGS,
+                "afs-group-1",
+                afs_operator::objects::OPERATOR_BINDING
+            )
+            .is_some(),
+        "kept for group-2"
+    );
+
+    // The last SR of the namespace goes: the binding goes after everything else.
+    let mut deleting = h.api.get(SRS, "", "group-2").unwrap();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T02:00:00Z");
+    h.api.put(SRS, deleting);
+    h.take_requests();
+    h.reconcile("group-2").await;
+    let requests = h.take_requests();
+    let unbound = requests
+        .iter()
+        .position(|r| *r == format!("DELETE {binding_path}"))
+        .unwrap_or_else(|| panic!("the binding is deleted: {requests:#?}"));
+    assert!(
+        requests[unbound + 1..]
+            .iter()
+            .all(|r| !r.contains(in_namespace)),
+        "nothing in the namespace after the binding is gone: {requests:#?}"
+    );
+    assert!(
+        requests[..unbound]
+            .iter()
+            .any(|r| r.starts_with("DELETE ") && r.contains(in_namespace)),
+        "{requests:#?}"
+    );
+    assert!(
+        h.api
+            .get(
+                ROLE_BINDINGS,
+                "afs-group-1",
+                afs_operator::objects::OPERATOR_BINDING
+            )
+            .is_none()
+    );
+
+    // A late pass on the SR (a cache still showing it with its finalizer, as happens
+    // right after the finalizer goes) must not bind the operator there again.
+    let mut stale = h.api.get(SRS, "", "group-2").unwrap();
+    stale["metadata"]["finalizers"] = json!([labels::FINALIZER]);
+    h.api.put(SRS, stale);
+    h.take_requests();
+    h.reconcile("group-2").await;
+    let requests = h.take_requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("PATCH ") && r.contains(in_namespace)),
+        "{requests:#?}"
+    );
+    assert!(
+        h.api
+            .get(
+                ROLE_BINDINGS,
+                "afs-group-1",
+                afs_operator::objects::OPERATOR_BINDING
+            )
+            .is_none()
     );
 }

@@ -5,7 +5,9 @@
 //! decides *when* a node moves to the new revision: the DaemonSets use `OnDelete`, and
 //! the rollout planner deletes old pods node by node.
 //!
-//! - `rbac`: service accounts and least-privilege RBAC (no wildcard anywhere).
+//! - `rbac`: service accounts and the bindings of the fixed ClusterRoles shipped in
+//!   `deploy/rbac.yaml` (no role is built here), including the operator's own
+//!   RoleBinding in the SR's namespace.
 //! - `kmod`: kmod-manager's config and one driver-container DaemonSet per kernel.
 //! - `csi`: the CSI node plugin, the CSI controller, the CSIDriver, the StorageClass.
 //! - `pod`: shapes shared by the pod templates (volumes, probes, tolerations).
@@ -21,7 +23,7 @@ use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -39,6 +41,11 @@ mod tests;
 
 pub use csi::DEFAULT_CLASS_ANNOTATION;
 pub use kmod::{KMOD_CONFIG_KEY, kmod_config, kmod_config_map_name, kmod_daemon_set_name};
+pub use rbac::{
+    BOUND_ROLES, KMOD_ROLE, OPERATOR_ACCOUNT, OPERATOR_ACCOUNT_NAMESPACE, OPERATOR_BINDING,
+    OPERATOR_NAMESPACE_ROLE, OperatorAccount, PROVISIONER_LEASES_ROLE, PROVISIONER_ROLE,
+    operator_role_binding,
+};
 
 /// Value of [`MANAGED_BY_LABEL`] on every object built here.
 pub const MANAGED_BY: &str = crate::labels::FIELD_MANAGER;
@@ -85,9 +92,9 @@ pub struct Inputs<'a> {
 pub struct Desired {
     pub namespace: Namespace,
     pub service_accounts: Vec<ServiceAccount>,
-    pub cluster_roles: Vec<ClusterRole>,
+    /// Bindings of the ClusterRoles in deploy/rbac.yaml ([`BOUND_ROLES`]) to the SR's
+    /// accounts: cluster-wide ones, and those in the SR's namespace.
     pub cluster_role_bindings: Vec<ClusterRoleBinding>,
-    pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
     /// kmod-manager's config, named after the revision (see [`kmod_config_map_name`]).
     pub config_maps: Vec<ConfigMap>,
@@ -205,9 +212,7 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
     Ok(Desired {
         namespace: namespace(&ctx),
         service_accounts: rbac::service_accounts(&ctx),
-        cluster_roles: rbac::cluster_roles(&ctx),
         cluster_role_bindings: rbac::cluster_role_bindings(&ctx),
-        roles: rbac::roles(&ctx),
         role_bindings: rbac::role_bindings(&ctx),
         config_maps: vec![kmod::config_map(&ctx)?],
         kmod_daemon_sets,

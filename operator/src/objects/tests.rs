@@ -4,6 +4,7 @@ use std::path::Path;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Node, NodeStatus, NodeSystemInfo, PodSpec};
+use k8s_openapi::api::rbac::v1::{RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kmod_manager::config::KmodConfig;
 use kmod_manager::kernel::KernelRelease;
@@ -91,9 +92,7 @@ fn desired() -> Desired {
 fn owned_metas(d: &Desired) -> Vec<&ObjectMeta> {
     let mut metas: Vec<&ObjectMeta> = Vec::new();
     metas.extend(d.service_accounts.iter().map(|o| &o.metadata));
-    metas.extend(d.cluster_roles.iter().map(|o| &o.metadata));
     metas.extend(d.cluster_role_bindings.iter().map(|o| &o.metadata));
-    metas.extend(d.roles.iter().map(|o| &o.metadata));
     metas.extend(d.role_bindings.iter().map(|o| &o.metadata));
     metas.extend(d.config_maps.iter().map(|o| &o.metadata));
     metas.extend(d.kmod_daemon_sets.iter().map(|o| &o.metadata));
@@ -166,8 +165,8 @@ fn every_object_is_labelled_and_owned_by_its_sr() {
     let metas = owned_metas(&d);
     assert_eq!(
         metas.len(),
-        15,
-        "3 SAs, 2+2 cluster RBAC, 1+1 RBAC, CM, 2+1 DS, Deployment, SC"
+        12,
+        "3 SAs, 2 ClusterRoleBindings, 1 RoleBinding, CM, 2+1 DS, Deployment, SC"
     );
     for meta in metas {
         let name = meta.name.as_deref().unwrap_or_default();
@@ -490,49 +489,96 @@ fn revision_follows_node_specs_only() {
     }
 }
 
+/// (roleRef kind, roleRef name, subject namespace/name) of a binding.
+fn grant_of(role_ref: &RoleRef, subjects: Option<&Vec<Subject>>) -> (String, String, Vec<String>) {
+    (
+        role_ref.kind.clone(),
+        role_ref.name.clone(),
+        subjects
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                assert_eq!(s.kind, "ServiceAccount");
+                format!("{}/{}", s.namespace.as_deref().unwrap_or_default(), s.name)
+            })
+            .collect(),
+    )
+}
+
 #[test]
-fn rbac_is_least_privilege_without_wildcards() {
+fn rbac_binds_only_the_shipped_roles_to_the_srs_accounts() {
     let d = desired();
-    let text = serde_json::to_string(&(
-        &d.cluster_roles,
-        &d.cluster_role_bindings,
-        &d.roles,
-        &d.role_bindings,
-    ))
-    .expect("json");
-    assert!(!text.contains('*'), "{text}");
-
-    let kmod = d
-        .cluster_roles
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some("afs-sr-group-1-kmod"))
-        .expect("kmod role");
-    let rules = kmod.rules.as_deref().unwrap_or_default();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(
-        rules[0].resources.as_deref(),
-        Some(&["nodes".to_owned()][..])
-    );
-    assert_eq!(rules[0].verbs, ["get", "patch"]);
-
-    let binding = d
+    // No role is built: the operator holds `bind` on the shipped ClusterRoles instead
+    // of every rule it hands out.
+    let cluster: Vec<_> = d
         .cluster_role_bindings
         .iter()
-        .find(|b| b.role_ref.name == "afs-sr-group-1-kmod")
-        .expect("kmod binding");
-    let subject = &binding.subjects.as_deref().unwrap_or_default()[0];
-    assert_eq!(
+        .map(|b| {
+            (
+                b.metadata.name.clone().unwrap_or_default(),
+                grant_of(&b.role_ref, b.subjects.as_ref()),
+            )
+        })
+        .collect();
+    let grant = |role: &str, account: &str| {
         (
-            subject.kind.as_str(),
-            subject.name.as_str(),
-            subject.namespace.as_deref()
-        ),
-        ("ServiceAccount", "group-1-kmod", Some("afs-group-1"))
+            "ClusterRole".to_owned(),
+            role.to_owned(),
+            vec![format!("afs-group-1/{account}")],
+        )
+    };
+    assert_eq!(
+        cluster,
+        [
+            (
+                "afs-sr-group-1-kmod-manager".to_owned(),
+                grant(KMOD_ROLE, "group-1-kmod")
+            ),
+            (
+                "afs-sr-group-1-csi-provisioner".to_owned(),
+                grant(PROVISIONER_ROLE, "group-1-csi-controller")
+            ),
+        ]
     );
-
-    let lease = &d.roles[0].rules.as_deref().unwrap_or_default()[0];
-    assert_eq!(lease.resources.as_deref(), Some(&["leases".to_owned()][..]));
-    assert_eq!(d.role_bindings[0].role_ref.kind, "Role");
+    let namespaced: Vec<_> = d
+        .role_bindings
+        .iter()
+        .map(|b| {
+            (
+                b.metadata.namespace.clone().unwrap_or_default(),
+                b.metadata.name.clone().unwrap_or_default(),
+                grant_of(&b.role_ref, b.subjects.as_ref()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        namespaced,
+        [(
+            "afs-group-1".to_owned(),
+            "afs-sr-group-1-csi-provisioner-leases".to_owned(),
+            grant(PROVISIONER_LEASES_ROLE, "group-1-csi-controller")
+        )]
+    );
+    for role_ref in d
+        .cluster_role_bindings
+        .iter()
+        .map(|b| &b.role_ref)
+        .chain(d.role_bindings.iter().map(|b| &b.role_ref))
+    {
+        assert!(
+            BOUND_ROLES.contains(&role_ref.name.as_str()),
+            "{role_ref:?}"
+        );
+    }
+    // The kmod-manager node policy (deploy/rbac.yaml) recognises kmod-manager's
+    // accounts by this suffix; the CSI accounts must not carry it.
+    let kmod_accounts: Vec<&str> = d
+        .service_accounts
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .filter(|n| n.ends_with("-kmod"))
+        .collect();
+    assert_eq!(kmod_accounts, ["group-1-kmod"]);
 
     // Every bound service account exists and is the one its pods run as.
     let accounts: Vec<_> = d
@@ -560,12 +606,51 @@ fn rbac_is_least_privilege_without_wildcards() {
 }
 
 #[test]
+fn the_operator_binds_its_namespaced_role_to_its_own_account() {
+    let account = OperatorAccount {
+        name: "ops".to_owned(),
+        namespace: "ops-system".to_owned(),
+    };
+    let binding = operator_role_binding("afs-group-1", &account);
+    assert_eq!(binding.metadata.name.as_deref(), Some(OPERATOR_BINDING));
+    assert_eq!(binding.metadata.namespace.as_deref(), Some("afs-group-1"));
+    assert_eq!(
+        grant_of(&binding.role_ref, binding.subjects.as_ref()),
+        (
+            "ClusterRole".to_owned(),
+            OPERATOR_NAMESPACE_ROLE.to_owned(),
+            vec!["ops-system/ops".to_owned()]
+        )
+    );
+    assert_eq!(
+        binding.role_ref.api_group.as_deref(),
+        Some("rbac.authorization.k8s.io")
+    );
+    // Shared by the SRs of the namespace, deleted by the controller with the last one:
+    // never taken by an SR's garbage collection or label-based pruning.
+    assert!(binding.metadata.owner_references.is_none());
+    let labels = binding.metadata.labels.expect("labels");
+    assert!(!labels.contains_key(SR_LABEL), "{labels:?}");
+    assert_eq!(
+        labels.get(MANAGED_BY_LABEL).map(String::as_str),
+        Some(MANAGED_BY)
+    );
+    assert_eq!(
+        OperatorAccount::default(),
+        OperatorAccount {
+            name: "afs-operator".to_owned(),
+            namespace: "afs-system".to_owned()
+        },
+        "what deploy/ installs"
+    );
+}
+
+#[test]
 fn without_the_controller_no_controller_objects() {
     let d = build_with(&sr(), &kernels(), false);
     assert!(d.csi_controller.is_none());
-    assert!(d.roles.is_empty() && d.role_bindings.is_empty());
-    assert_eq!(d.cluster_roles.len(), 1);
-    assert_eq!(d.cluster_role_bindings.len(), 1);
+    assert!(d.role_bindings.is_empty(), "no provisioner, no Lease");
+    assert_eq!(d.cluster_role_bindings.len(), 1, "kmod-manager's only");
     assert_eq!(d.service_accounts.len(), 2);
     assert!(
         d.storage_class.is_some(),
