@@ -134,6 +134,25 @@ fn default_in_use_filesystems() -> Vec<String> {
     vec!["afs".to_owned()]
 }
 
+/// `csi.mountOptions`: each option checked on its own (so the refusal names it, and the
+/// API server can cost the rule: one short string at a time).
+fn mount_options_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "pattern": r"^[^\s,]+$",
+            "x-kubernetes-validations": [{
+                "rule": "self == 'ro' || self == 'noexec' || (self.startsWith('context=') && size(self) > 8)",
+                "messageExpression": "'csi.mountOptions: ' + self + ' is not supported: the driver applies only ro, noexec and context=<SELinux context>, and refuses any other'"
+            }]
+        }
+    })
+}
+
 /// The schema of kmod-manager's (Kubernetes-free) mapping type, with the bounds that
 /// let the API server cost the CEL rules.
 fn kernel_mappings_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -241,11 +260,7 @@ pub struct CsiSpec {
     /// `kafs` only) `context=<SELinux context>`, e.g.
     /// `context=system_u:object_r:container_file_t:s0`; the driver refuses any other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 16),
-        inner(length(min = 1, max = 256), regex(pattern = r"^[^\s,]+$"))
-    )]
-    #[x_kube(validation = Rule::new("self.all(o, o == 'ro' || o == 'noexec' || (o.startsWith('context=') && size(o) > 8))").message(Message::Expression("'csi.mountOptions: ' + self.filter(o, !(o == 'ro' || o == 'noexec' || (o.startsWith('context=') && size(o) > 8))).join(', ') + ' not supported: the driver applies only ro, noexec and context=<SELinux context>, and refuses any other'".into())))]
+    #[schemars(schema_with = "mount_options_schema")]
     pub mount_options: Vec<String>,
     /// Kubelet's root directory on the group's nodes (`--root-dir` of kubelet): the
     /// node plugin's sockets, registration and pod volumes are under it.

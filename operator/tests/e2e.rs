@@ -569,7 +569,7 @@ async fn admission(run: &Run) {
         (
             "a mount option the driver refuses",
             |s| s["spec"]["csi"]["mountOptions"] = json!(["ro", "nosuid"]),
-            "csi.mountOptions: nosuid not supported",
+            "csi.mountOptions: nosuid is not supported",
         ),
         (
             "context= with auristor",

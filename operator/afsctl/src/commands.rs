@@ -127,7 +127,7 @@ pub async fn deploy(
         selector(&sr)
     );
 
-    let present = preflight(client, &sr).await?;
+    let existing = preflight(client, &sr).await?;
 
     let _ = writeln!(out, "[1/6] operator");
     install::ensure(client, options.operator_image.as_deref(), false, out).await?;
@@ -136,11 +136,11 @@ pub async fn deploy(
     // Created, not applied: the operator applies its own labels to it. Created marked
     // as the SR's and as afsctl's, so that undeploy deletes it and nothing else.
     let namespaces = Api::<Namespace>::all(client.clone());
-    if present {
-        let _ = writeln!(
-            out,
-            "  present (marked for {name}; kept by undeploy unless deploy created it)"
-        );
+    if let Some(ns) = &existing {
+        let _ = match namespace_fate(&name, Some(ns)) {
+            NamespaceFate::Keep(why) => writeln!(out, "  present; undeploy keeps it: {why}"),
+            _ => writeln!(out, "  present (an earlier deploy created it)"),
+        };
     } else {
         namespaces
             .create(
@@ -184,14 +184,19 @@ pub async fn deploy(
 
 /// What deploy checks before it changes anything: the file does not change what the
 /// API server keeps immutable, and the namespace and CSIDriver it names are the SR's
-/// or missing (the operator's own rule, [`ownership::refusals`]). Returns whether the
-/// namespace exists.
-async fn preflight(client: &Client, sr: &SpecialResource) -> Result<bool, CommandError> {
+/// or missing (the operator's own rule, [`ownership::refusals`]). Returns the namespace
+/// when it exists.
+async fn preflight(
+    client: &Client,
+    sr: &SpecialResource,
+) -> Result<Option<Namespace>, CommandError> {
     let name = sr.name_any();
-    let live = Api::<SpecialResource>::all(client.clone())
-        .get_opt(&name)
-        .await
-        .map_err(kube_error(format!("reading SpecialResource {name}")))?;
+    let live = match Api::<SpecialResource>::all(client.clone()).get(&name).await {
+        Ok(live) => Some(live),
+        // Also what a cluster without the CRD answers (deploy installs it next).
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(e) => return Err(kube_error(format!("reading SpecialResource {name}"))(e)),
+    };
     if let Some(live) = &live {
         crate::validate::update(sr, live).map_err(|source| CommandError::Immutable {
             name: name.clone(),
@@ -219,7 +224,7 @@ async fn preflight(client: &Client, sr: &SpecialResource) -> Result<bool, Comman
             reasons: refusals.into_iter().map(|r| r.message).collect(),
         });
     }
-    Ok(namespace.is_some())
+    Ok(namespace)
 }
 
 /// The namespace deploy creates: marked as the SR's (so the operator deploys into it)

@@ -307,12 +307,17 @@ fn csi_security_settings_are_checked_at_admission() {
         (
             "/spec/csi/mountOptions",
             json!(["ro", "nosuid", "uid=0"]),
-            "csi.mountOptions: nosuid, uid=0 not supported: the driver applies only ro, noexec and context=<SELinux context>",
+            "csi.mountOptions: nosuid is not supported: the driver applies only ro, noexec and context=<SELinux context>",
+        ),
+        (
+            "/spec/csi/mountOptions",
+            json!(["ro", "nosuid", "uid=0"]),
+            "csi.mountOptions: uid=0 is not supported",
         ),
         (
             "/spec/csi/mountOptions",
             json!(["context="]),
-            "csi.mountOptions: context= not supported",
+            "csi.mountOptions: context= is not supported",
         ),
         (
             "/spec/csi/kubeletDir",
