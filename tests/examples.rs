@@ -604,6 +604,55 @@ fn both_mount_types_have_all_four_scenarios() {
     }
 }
 
+/// The node plugin publishes only what its SR allows (`csi.allowedCells`,
+/// `allowRootMounts`, `allowEphemeral`), and the example pods may land on a node of
+/// either group: every group must allow every cell, root mount and inline volume the
+/// examples use, or they would be refused.
+#[test]
+fn every_group_allows_what_the_examples_mount() {
+    let mut cells = BTreeSet::new();
+    let mut root = Vec::new();
+    let mut inline = Vec::new();
+    for path in manifest_files() {
+        let origin = path.display().to_string();
+        let objects = Objects::load(&path);
+        for spec in objects.volume_specs(&origin) {
+            match spec {
+                VolumeSpec::Volume { cell, .. } => {
+                    cells.insert(cell);
+                }
+                VolumeSpec::Root { .. } => root.push(origin.clone()),
+            }
+        }
+        if objects
+            .pod_specs()
+            .iter()
+            .any(|(_, spec)| spec.volumes.iter().flatten().any(|v| v.csi.is_some()))
+        {
+            inline.push(origin);
+        }
+    }
+    assert!(!cells.is_empty() && !root.is_empty() && !inline.is_empty());
+    for (path, sr) in special_resources() {
+        let origin = path.display();
+        let csi = &sr.spec.csi;
+        for cell in &cells {
+            assert!(
+                csi.allowed_cells.iter().any(|c| c == "*" || c == cell),
+                "{origin}: csi.allowedCells lacks {cell}, used by the examples"
+            );
+        }
+        assert!(
+            csi.allow_root_mounts,
+            "{origin}: csi.allowRootMounts is needed by {root:?}"
+        );
+        assert!(
+            csi.allow_ephemeral,
+            "{origin}: csi.allowEphemeral is needed by {inline:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Map scripts
 // ---------------------------------------------------------------------------------

@@ -1204,7 +1204,7 @@ fn desired() -> Desired {
                     "containerImage": "registry.example/afs-kmod-${MODULE_VERSION}:${KERNEL_FULL_VERSION}"
                 }]
             },
-            "csi": {"image": "registry.example/afs-csi-driver", "version": "0.1.0", "cacheManager": "kafs"}
+            "csi": {"image": "registry.example/afs-csi-driver", "version": "0.1.0", "cacheManager": "kafs", "allowedCells": ["example.com"]}
         }
     }))
     .expect("a valid SpecialResource");

@@ -360,6 +360,7 @@ fn sample_sr() -> SpecialResource {
         "csi": {
             "image": "registry.example/afs-csi",
             "version": "1.0.0",
+            "allowedCells": ["example.com"],
             "storageClass": {"name": "afs"}
         }
     }))

@@ -38,7 +38,7 @@ async fn main() {
         "metadata": {"name": "bench", "generation": 1},
         "spec": {"namespace": "afs-bench", "nodeSelector": {"g": "1"},
             "kmod": {"module": "kafs", "version": "1.0.0", "kernelMappings": [{"regexp": ".*", "containerImage": "r/k:${KERNEL_FULL_VERSION}"}]},
-            "csi": {"image": "r/csi", "version": "1.0.0"}}
+            "csi": {"image": "r/csi", "version": "1.0.0", "allowedCells": ["example.com"]}}
     }));
     for i in 0..nodes {
         let name = format!("n{i}");

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, StorageClass};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -37,6 +37,7 @@ use crate::labels::{
 use crate::metrics::Metrics;
 use crate::objects::{self, Desired, Inputs, OperatorAccount};
 use crate::observe::{self, GroupIndex, Observed};
+use crate::ownership::{self, DriverOwnership, Refusal};
 use crate::rollout::{self, GroupView, Plan, Policy, UPGRADE_TARGET_ANNOTATION, UpgradeState};
 use crate::status::{DEGRADED, PROGRESSING, READY, Verdict, merge_conditions};
 use crate::{diff, nodes};
@@ -47,6 +48,12 @@ const BUSY_REQUEUE: Duration = Duration::from_secs(5);
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 /// How long a new RoleBinding may take to reach the API server's authorizer.
 const RBAC_PROPAGATION: Duration = Duration::from_secs(10);
+/// Requeue of an SR refused for a namespace or CSIDriver that is not its own: nothing
+/// watches those, and an admin handing a namespace over should not wait long; but no
+/// hot loop either.
+const REFUSED_REQUEUE: Duration = Duration::from_secs(60);
+/// `status.state` of an SR refused for a namespace or CSIDriver that is not its own.
+pub const REFUSED_STATE: &str = "Refused";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -345,6 +352,25 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(IDLE_REQUEUE));
     }
 
+    // The trust boundary, before anything is applied: a namespace or CSIDriver that
+    // exists and is not this SR's (another's namespace, another vendor's driver) is
+    // refused, and nothing of the SR is deployed or labelled.
+    let live_namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&sr.spec.namespace)
+        .await?;
+    let live_driver = Api::<CSIDriver>::all(ctx.client.clone())
+        .get_opt(&sr.spec.csi.driver_name)
+        .await?;
+    let refusals = ownership::refusals(
+        &name,
+        &sr.spec,
+        live_namespace.as_ref(),
+        live_driver.as_ref(),
+    );
+    if !refusals.is_empty() {
+        return refuse(sr, ctx, &refusals).await;
+    }
+
     let mut kernels: Vec<String> = observed
         .nodes
         .iter()
@@ -367,7 +393,11 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .filter_map(|p| p.labels().get(REVISION_LABEL).cloned())
         .collect();
-    apply_desired(sr, ctx, &desired, &running_revisions).await?;
+    let live = Live {
+        namespace_exists: live_namespace.is_some(),
+        driver: live_driver.as_ref(),
+    };
+    apply_desired(sr, ctx, &desired, &running_revisions, &live).await?;
     for unmapped in &desired.unmapped {
         let known = sr.status.as_ref().is_some_and(|s| {
             s.kernels
@@ -449,6 +479,52 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     }))
 }
 
+/// Reports why the SR is refused (status, and a Warning event when the reason is new)
+/// and applies nothing.
+async fn refuse(
+    sr: &SpecialResource,
+    ctx: &Context,
+    refusals: &[Refusal],
+) -> Result<Action, Error> {
+    let Some(first) = refusals.first() else {
+        return Ok(Action::requeue(REFUSED_REQUEUE));
+    };
+    let message = refusals
+        .iter()
+        .map(|r| r.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reported = sr.status.as_ref().is_some_and(|s| {
+        s.state.as_deref() == Some(REFUSED_STATE)
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == DEGRADED && c.message == message)
+    });
+    if !reported {
+        for refusal in refusals {
+            warn!(reason = refusal.reason, message = %refusal.message, "refused");
+            warn_event(ctx, sr, refusal.reason, &refusal.message).await;
+        }
+    }
+    let status = SpecialResourceStatus {
+        state: Some(REFUSED_STATE.into()),
+        group: Some(group::selector_string(&sr.spec.node_selector)),
+        ..Default::default()
+    };
+    let verdicts = [
+        Verdict::new(READY, false, first.reason, message.clone()),
+        Verdict::new(
+            PROGRESSING,
+            false,
+            first.reason,
+            "refused: nothing is deployed",
+        ),
+        Verdict::new(DEGRADED, true, first.reason, message),
+    ];
+    write_status(sr, ctx, status, &verdicts).await?;
+    Ok(Action::requeue(REFUSED_REQUEUE))
+}
+
 fn node_counts(plan: &Plan, serving: u32, unmapped: usize) -> NodeCounts {
     let s = &plan.summary;
     NodeCounts {
@@ -499,6 +575,13 @@ fn verdicts(
     }
     if !overlap.is_empty() {
         problems.push(("NodeGroupOverlap", overlap.to_owned()));
+    }
+    if sr.spec.csi.allowed_cells.is_empty() {
+        // Only an SR stored before the field existed: admission requires it.
+        problems.push((
+            "AllowedCellsMissing",
+            "csi.allowedCells is empty (the SpecialResource predates it): the node plugin refuses every volume; list the cells its pods use".to_owned(),
+        ));
     }
     let progressing = counts.upgrading + counts.upgrade_required > 0 || counts.ready < counts.total;
     let state = if !problems.is_empty() {
@@ -596,20 +679,39 @@ async fn patch_node(ctx: &Context, node: &str, patch: &serde_json::Value) -> Res
     Ok(())
 }
 
+fn name_of<K: Resource>(object: &K) -> Result<String, Error> {
+    object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::Unnamed(std::any::type_name::<K>()))
+}
+
 /// Server-side apply of `desired` unless the live object already carries all of it;
 /// whether it wrote.
 async fn ensure<K>(ctx: &Context, api: &Api<K>, desired: &K) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
-    let name = desired
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::Unnamed(std::any::type_name::<K>()))?;
-    if let Some(live) = api.get_opt(&name).await? {
+    let live = api.get_opt(&name_of(desired)?).await?;
+    apply_changed(ctx, api, desired, live.as_ref()).await
+}
+
+/// Server-side apply of `desired` unless `live` (the object as just read) already
+/// carries all of it; whether it wrote.
+async fn apply_changed<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    desired: &K,
+    live: Option<&K>,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = name_of(desired)?;
+    if let Some(live) = live {
         let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
-        let have = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
+        let have = serde_json::to_value(live).map_err(kube::Error::SerdeError)?;
         if diff::is_subset(&want, &have) {
             return Ok(false);
         }
@@ -681,6 +783,56 @@ async fn unbind_operator(
     }
 }
 
+/// Creates an object found missing. Unlike a (forced) apply, it fails with a conflict
+/// rather than take over an object someone else created since: the next reconcile
+/// then finds it and decides whose it is.
+async fn create<K>(ctx: &Context, api: &Api<K>, desired: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    ctx.metrics.write();
+    info!(kind = %std::any::type_name::<K>(), name = %name_of(desired)?, "creating");
+    api.create(&PostParams::default(), desired).await?;
+    Ok(())
+}
+
+/// The shared CSIDriver, `live` as read before the ownership check (so it is ours or
+/// missing). Its `volumeLifecycleModes` is immutable: when the wanted modes change
+/// (an SR of the driver starts or stops allowing inline volumes) the object is
+/// replaced. Kubelet reads the CSIDriver when it mounts; published volumes are not
+/// affected, and a mount in the moment between the two requests is retried.
+async fn ensure_csi_driver(
+    ctx: &Context,
+    api: &Api<CSIDriver>,
+    desired: &CSIDriver,
+    live: Option<&CSIDriver>,
+) -> Result<(), Error> {
+    let Some(live) = live else {
+        return create(ctx, api, desired).await;
+    };
+    let modes = |d: &CSIDriver| {
+        d.spec
+            .volume_lifecycle_modes
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| vec![objects::PERSISTENT_MODE.to_owned()])
+    };
+    if modes(live) == modes(desired) {
+        return apply_changed(ctx, api, desired, Some(live))
+            .await
+            .map(|_| ());
+    }
+    let name = name_of(desired)?;
+    info!(%name, from = ?modes(live), to = ?modes(desired), "replacing the CSIDriver: its lifecycle modes are immutable");
+    ctx.metrics.write();
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    create(ctx, api, desired).await
+}
+
 /// Deletes our objects of a kind (by SR label) that are no longer desired.
 async fn prune<K>(ctx: &Context, api: &Api<K>, sr: &str, keep: &[&K]) -> Result<(), Error>
 where
@@ -710,16 +862,31 @@ where
     Ok(())
 }
 
+/// What the ownership check read: the namespace and the CSIDriver, each ours or
+/// missing.
+#[derive(Debug, Clone, Copy)]
+struct Live<'a> {
+    namespace_exists: bool,
+    driver: Option<&'a CSIDriver>,
+}
+
 async fn apply_desired(
     sr: &SpecialResource,
     ctx: &Context,
     d: &Desired,
     running_revisions: &BTreeSet<String>,
+    live: &Live<'_>,
 ) -> Result<(), Error> {
     let c = &ctx.client;
     let ns = sr.spec.namespace.as_str();
     let name = sr.name_any();
-    ensure(ctx, &Api::<Namespace>::all(c.clone()), &d.namespace).await?;
+    let namespaces = Api::<Namespace>::all(c.clone());
+    if live.namespace_exists {
+        // Marked as this SR's (checked by the caller): labelled privileged.
+        ensure(ctx, &namespaces, &d.namespace).await?;
+    } else {
+        create(ctx, &namespaces, &d.namespace).await?;
+    }
     // First in the namespace: every write below needs it.
     bind_operator(ctx, ns).await?;
     let sa = Api::<ServiceAccount>::namespaced(c.clone(), ns);
@@ -769,7 +936,13 @@ async fn apply_desired(
         &d.role_bindings.iter().collect::<Vec<_>>(),
     )
     .await?;
-    ensure(ctx, &Api::<CSIDriver>::all(c.clone()), &d.csi_driver).await?;
+    ensure_csi_driver(
+        ctx,
+        &Api::<CSIDriver>::all(c.clone()),
+        &d.csi_driver,
+        live.driver,
+    )
+    .await?;
     let daemon_sets = Api::<DaemonSet>::namespaced(c.clone(), ns);
     for o in d.kmod_daemon_sets.iter().chain([&d.csi_node_daemon_set]) {
         ensure(ctx, &daemon_sets, o).await?;
@@ -984,6 +1157,7 @@ async fn cleanup(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         return Err(Error::CleanupWaiting(message));
     }
     delete_objects(sr, ctx, &live).await?;
+    release_namespace(sr, ctx).await?;
     let node_api = Api::<Node>::all(ctx.client.clone());
     for observed_node in &observed.nodes {
         // Read again: the release label may have been set during this pass.
@@ -1040,14 +1214,39 @@ async fn delete_objects(
         .iter()
         .any(|o| o.name_any() != name && &o.spec.csi.driver_name == driver)
     {
+        // Never another vendor's: only a CSIDriver SpecialResources own or made.
         let api = Api::<CSIDriver>::all(c.clone());
-        if api.get_opt(driver).await?.is_some_and(|d| {
-            d.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(objects::MANAGED_BY)
-        }) {
+        let live = api.get_opt(driver).await?;
+        if ownership::csi_driver_ownership(live.as_ref()) == DriverOwnership::Ours {
             ctx.metrics.write();
             api.delete(driver, &DeleteParams::background()).await?;
         }
     }
+    Ok(())
+}
+
+/// Takes back what the operator added to the SR's namespace (the privileged Pod
+/// Security level): the namespace stays, with the user's maps, at the cluster's
+/// default level. A namespace that is not the SR's, or is being deleted, is left alone.
+async fn release_namespace(sr: &SpecialResource, ctx: &Context) -> Result<(), Error> {
+    let api = Api::<Namespace>::all(ctx.client.clone());
+    let Some(namespace) = api.get_opt(&sr.spec.namespace).await? else {
+        return Ok(());
+    };
+    let Some(patch) = ownership::namespace_release_patch(&sr.name_any(), &namespace) else {
+        return Ok(());
+    };
+    ctx.metrics.write();
+    info!(namespace = %sr.spec.namespace, "removing the operator's labels from the namespace");
+    api.patch(
+        &sr.spec.namespace,
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 

@@ -34,6 +34,12 @@ const IMAGE_REPOSITORY: &str =
 const IMAGE_REFERENCE: &str = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127}|@sha256:[a-f0-9]{64})$";
 /// An absolute path without `..` components, NUL or newlines.
 const ABSOLUTE_PATH: &str = r"^/([^/\x00\n]+/?)*$";
+/// An AFS cell name as the CSI driver accepts it (DNS-like: labels of letters, digits
+/// and `-` separated by single dots), or `*` for any cell.
+const CELL_OR_ANY: &str =
+    r"^(\*|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)$";
+/// Kubelet's root directory unless `csi.kubeletDir` says otherwise.
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 
 /// Where the AFS kernel module and CSI driver go, and how new versions roll out.
 // Printer columns repeat `type_ = "string"`, which this lint takes for a duplicate.
@@ -61,8 +67,14 @@ const ABSOLUTE_PATH: &str = r"^/([^/\x00\n]+/?)*$";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpecialResourceSpec {
-    /// Namespace of this group's module and CSI objects (created when missing).
+    /// Namespace of this group's module and CSI objects. The operator creates it when
+    /// missing and marks it as this SpecialResource's; an existing namespace without
+    /// that mark is refused, never labelled. Immutable.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    #[x_kube(validation = Rule::new("self != 'default'").message("namespace must not be default: the group's namespace is labelled privileged for Pod Security and runs privileged pods; give the group a namespace of its own"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('kube-')").message("namespace must not be a kube-* namespace (kube-system, kube-public, kube-node-lease, ...): they belong to Kubernetes"))]
+    #[x_kube(validation = Rule::new("self != 'afs-system'").message("namespace must not be afs-system, the operator's own namespace"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable: the group's pods would stay behind in the old one; delete the SpecialResource and create it again"))]
     pub namespace: String,
     /// The node group: a node belongs to it when it carries every one of these labels.
     #[x_kube(validation = Rule::new("size(self) >= 1").message("nodeSelector must name at least one label: an empty selector would take every node of the cluster"))]
@@ -120,6 +132,25 @@ pub struct KmodSpec {
 
 fn default_in_use_filesystems() -> Vec<String> {
     vec!["afs".to_owned()]
+}
+
+/// `csi.mountOptions`: each option checked on its own (so the refusal names it, and the
+/// API server can cost the rule: one short string at a time).
+fn mount_options_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "pattern": r"^[^\s,]+$",
+            "x-kubernetes-validations": [{
+                "rule": "self == 'ro' || self == 'noexec' || (self.startsWith('context=') && size(self) > 8)",
+                "messageExpression": "'csi.mountOptions: ' + self + ' is not supported: the driver applies only ro, noexec and context=<SELinux context>, and refuses any other'"
+            }]
+        }
+    })
 }
 
 /// The schema of kmod-manager's (Kubernetes-free) mapping type, with the bounds that
@@ -199,6 +230,10 @@ pub struct NamedSource {
 /// The CSI driver: node plugin on every node of the group, one controller.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.mountOptions) || self.cacheManager == 'kafs' || !self.mountOptions.exists(o, o.startsWith('context='))").message("csi.mountOptions: context= needs cacheManager kafs, where each volume is its own afs mount; with auristor or openafs a volume is a bind of the AFS root and carries the SELinux label of the AFS root's own mount (set context= where the AFS client mounts the AFS root)"))]
+#[x_kube(validation = Rule::new("has(self.allowedCells)").message("csi.allowedCells is required: the cells whose volumes the node plugin may publish, or [\"*\"] for any cell"))]
+#[x_kube(validation = Rule::new("!has(self.storageClass) || !('cell-name' in self.storageClass.parameters) || (has(self.allowedCells) && self.allowedCells.exists(c, c == '*' || c == self.storageClass.parameters['cell-name']))").message(Message::Expression("'csi.storageClass.parameters.cell-name ' + self.storageClass.parameters['cell-name'] + ' is not in csi.allowedCells: the driver would refuse every volume of the class'".into())))]
+#[x_kube(validation = Rule::new("!has(self.storageClass) || !('mount-type' in self.storageClass.parameters) || self.storageClass.parameters['mount-type'] != 'root' || (has(self.allowRootMounts) && self.allowRootMounts)").message("csi.storageClass.parameters.mount-type root needs csi.allowRootMounts: true (a root mount shows every cell the node's AFS client reaches); the driver would refuse every volume of the class"))]
 pub struct CsiSpec {
     /// Driver image repository without tag; the tag is `version`.
     #[schemars(length(min = 1, max = 256), regex(pattern = IMAGE_REPOSITORY))]
@@ -208,9 +243,12 @@ pub struct CsiSpec {
     pub version: String,
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
-    /// CSI driver name; SRs with the same name share one CSIDriver object.
+    /// CSI driver name; SRs with the same name share one CSIDriver object. A CSIDriver
+    /// of that name that SpecialResources do not own (another vendor's) is refused,
+    /// never taken over. Immutable.
     #[serde(default = "default_driver_name")]
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_SUBDOMAIN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("csi.driverName is immutable: volumes, the CSIDriver and the node registrations are bound to the name; delete the SpecialResource and create it again"))]
     pub driver_name: String,
     #[serde(default)]
     pub cache_manager: CacheManager,
@@ -218,14 +256,40 @@ pub struct CsiSpec {
     #[serde(default = "default_afs_root")]
     #[schemars(length(min = 2, max = 256), regex(pattern = ABSOLUTE_PATH))]
     pub afs_root: String,
-    /// Mount options of provisioned volumes, e.g.
-    /// `context=system_u:object_r:container_file_t:s0` for SELinux.
+    /// Mount options of provisioned volumes: only `ro`, `noexec` and (cacheManager
+    /// `kafs` only) `context=<SELinux context>`, e.g.
+    /// `context=system_u:object_r:container_file_t:s0`; the driver refuses any other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 16),
-        inner(length(min = 1, max = 256), regex(pattern = r"^[^\s,]+$"))
-    )]
+    #[schemars(schema_with = "mount_options_schema")]
     pub mount_options: Vec<String>,
+    /// Kubelet's root directory on the group's nodes (`--root-dir` of kubelet): the
+    /// node plugin's sockets, registration and pod volumes are under it.
+    #[serde(
+        default = "default_kubelet_dir",
+        skip_serializing_if = "is_default_kubelet_dir"
+    )]
+    #[schemars(length(min = 2, max = 256), regex(pattern = ABSOLUTE_PATH), extend("default" = "/var/lib/kubelet"))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..')").message("csi.kubeletDir must not contain '..'"))]
+    pub kubelet_dir: String,
+    /// Cells whose volumes the node plugin publishes (cell names, or the single entry
+    /// `*` for any cell); a volume of another cell is refused. Required at admission;
+    /// an SR stored before the field existed reads as empty (no cell: fail closed) and
+    /// is reported Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 64), regex(pattern = CELL_OR_ANY)))]
+    #[x_kube(validation = Rule::new("!self.exists(c, c == '*') || size(self) == 1").message("csi.allowedCells: '*' (any cell) must be the only entry"))]
+    pub allowed_cells: Vec<String>,
+    /// Allow `mount-type: root` publishes (the whole AFS namespace: every cell the
+    /// node's AFS client reaches, whatever `allowedCells` says).
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(extend("default" = false))]
+    pub allow_root_mounts: bool,
+    /// Allow inline ephemeral CSI volumes (in a pod spec, without a claim). The
+    /// shared CSIDriver lists the `Ephemeral` mode only when an SR of the driver
+    /// allows them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(extend("default" = false))]
+    pub allow_ephemeral: bool,
     #[serde(default)]
     pub log_level: LogLevel,
     #[serde(default)]
@@ -241,6 +305,21 @@ fn default_driver_name() -> String {
 
 fn default_afs_root() -> String {
     "/afs".to_owned()
+}
+
+fn default_kubelet_dir() -> String {
+    DEFAULT_KUBELET_DIR.to_owned()
+}
+
+/// Fields added to the API later are left out of the JSON at their default, so the
+/// revision (a hash of that JSON) of an unchanged spec stays the same.
+fn is_default_kubelet_dir(dir: &str) -> bool {
+    dir == DEFAULT_KUBELET_DIR
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -335,8 +414,9 @@ pub struct StorageClassSpec {
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
     /// Volume parameters: `mount-type`, `cell-name`, `volume-name`, `read-only`.
+    /// Values are bounded so the API server can cost the CEL rules comparing them.
     #[serde(default)]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), extend("additionalProperties" = {"type": "string", "maxLength": 1024}))]
     #[x_kube(validation = Rule::new("!('mount-type' in self) || self['mount-type'] in ['volume', 'root']").message("csi.storageClass.parameters.mount-type must be volume or root"))]
     pub parameters: BTreeMap<String, String>,
     /// Make it the cluster's default StorageClass.
@@ -472,7 +552,7 @@ pub struct SpecialResourceStatus {
     /// `ready/total` nodes (printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_nodes: Option<String>,
-    /// Ready, Progressing, Paused, Degraded, Conflict, Deleting (printer column).
+    /// Ready, Progressing, Paused, Degraded, Conflict, Refused, Deleting (printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// The revision (hash of module and driver specs) nodes converge to.

@@ -111,7 +111,7 @@ mod tests {
             "namespace": name,
             "nodeSelector": {"group": group},
             "kmod": {"module": "kafs", "version": "1.0.0", "kernelMappings": [{"regexp": ".*", "containerImage": "r/k:${KERNEL_FULL_VERSION}"}]},
-            "csi": {"image": "r/csi", "version": "1.0.0", "driverName": driver},
+            "csi": {"image": "r/csi", "version": "1.0.0", "driverName": driver, "allowedCells": ["example.com"]},
         }))
         .expect("spec");
         let mut sr = SpecialResource::new(name, spec);

@@ -13,6 +13,17 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// On pod templates: the revision (hash of module and driver specs) they run.
 pub const REVISION_LABEL: &str = "afs.csi.auristor.com/revision";
 
+/// On the namespace of an SR: the SR's name. Set only on a namespace created for that
+/// SR (by the operator or `afsctl deploy`), or by an admin handing an existing
+/// namespace over to it; the operator deploys into (and labels) a namespace only when
+/// it names the SR, so naming `default` or a tenant's namespace widens nothing.
+pub const NAMESPACE_OF_ANNOTATION: &str = "afs.csi.auristor.com/namespace-of";
+/// On a namespace `afsctl deploy` created: [`CREATED_BY_AFSCTL`]. `afsctl undeploy`
+/// deletes only such a namespace; one that existed before is kept.
+pub const CREATED_BY_ANNOTATION: &str = "afs.csi.auristor.com/created-by";
+/// Value of [`CREATED_BY_ANNOTATION`] written by `afsctl deploy`.
+pub const CREATED_BY_AFSCTL: &str = "afsctl";
+
 /// On nodes: the node's kernel release, label-safe, so a DaemonSet per kernel can
 /// select its nodes without node-feature-discovery.
 pub const KERNEL_LABEL: &str = "afs.csi.auristor.com/kernel";

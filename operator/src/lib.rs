@@ -3,7 +3,7 @@
 //! module in use.
 //!
 //! Pure modules: [`crd`] (the API), [`objects`] (desired objects), [`rollout`] (the
-//! upgrade planner), [`observe`], [`nodes`], [`group`], [`diff`], [`status`]. The
+//! upgrade planner), [`observe`], [`ownership`], [`nodes`], [`group`], [`diff`], [`status`]. The
 //! [`controller`] only observes, calls them and executes.
 
 pub mod controller;
@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod nodes;
 pub mod objects;
 pub mod observe;
+pub mod ownership;
 pub mod rollout;
 pub mod status;

@@ -23,8 +23,9 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
-use k8s_openapi::api::storage::v1::CSINode;
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kmod_manager::guard::{ModuleUse, Usage};
 use kmod_manager::node::NodeReporter;
@@ -125,7 +126,7 @@ impl Run {
                 "nodeSelector": {"e2e-group": self.group()},
                 "kmod": {"module": "kafs", "version": version,
                     "kernelMappings": [{"regexp": "6\\.1\\..*", "containerImage": "registry.example/kmod:${KERNEL_FULL_VERSION}"}]},
-                "csi": {"image": "registry.example/afs-csi", "version": "1.0.0", "cacheManager": "kafs"},
+                "csi": {"image": "registry.example/afs-csi", "version": "1.0.0", "cacheManager": "kafs", "allowedCells": ["example.com"]},
                 "rollout": {"maxUnavailable": 1, "podNonInterruptLabels": {"matchLabels": {"critical": "true"}}}
             }
         })
@@ -936,4 +937,339 @@ async fn trust_boundary(run: Arc<Run>, operator: Client, kubeconfig: String) {
         },
     )
     .await;
+}
+
+/// The API server's answer to a write it refuses: (HTTP code, message).
+fn refused(result: Result<SpecialResource, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message.clone()),
+        Ok(sr) => panic!("admitted: {:?}", sr.spec),
+        Err(other) => panic!("not an API refusal: {other}"),
+    }
+}
+
+/// Issue 12, cases 11 and 13 on a real API server: the CRD's CEL rules refuse shared
+/// and system namespaces and changes of the namespace and driver name; the operator
+/// refuses a namespace it did not create (and leaves it unlabelled) and another
+/// vendor's CSIDriver (and leaves it intact, also after the SR is deleted).
+#[tokio::test]
+async fn admission_and_ownership_on_a_bare_control_plane() {
+    let Some((client, _)) = kubelet::e2e_client().await else {
+        return;
+    };
+    let _one = ONE_OPERATOR.lock().await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let id = format!("t{:x}", std::process::id() ^ clock.subsec_nanos());
+    let run = Arc::new(Run {
+        client: client.clone(),
+        id,
+    });
+    run.install_crd().await;
+
+    // Admission first, without an operator: nothing here is ever deployed.
+    admission(&run).await;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(afs_operator::controller::run(
+        client.clone(),
+        Arc::new(Metrics::default()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let result = tokio::spawn(refusals(run.clone())).await;
+    let _ = stop.send(());
+    let _ = operator.await;
+    let srs = Api::<SpecialResource>::all(client.clone());
+    for suffix in ["imm", "tenant", "vendor"] {
+        let _ = srs
+            .delete(&run.sr_name(suffix), &DeleteParams::default())
+            .await;
+    }
+    for namespace in [
+        run.sr_name("imm"),
+        run.sr_name("tenant"),
+        run.sr_name("vendor"),
+    ] {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(&namespace, &DeleteParams::default())
+            .await;
+    }
+    let _ = Api::<CSIDriver>::all(client.clone())
+        .delete(&vendor_driver(&run), &DeleteParams::default())
+        .await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+fn vendor_driver(run: &Run) -> String {
+    format!("{}.vendor.example.com", run.group())
+}
+
+async fn admission(run: &Run) {
+    let api = Api::<SpecialResource>::all(run.client.clone());
+    let create = |sr: Value| {
+        let api = api.clone();
+        async move {
+            let name = sr["metadata"]["name"].as_str().unwrap().to_owned();
+            api.patch(&name, &apply(), &Patch::Apply(&sr)).await
+        }
+    };
+    // (what, how the valid SR is changed, what the refusal says)
+    type Case = (&'static str, fn(&mut Value), &'static str);
+    let cases: [Case; 9] = [
+        (
+            "default",
+            |s| s["spec"]["namespace"] = json!("default"),
+            "namespace must not be default",
+        ),
+        (
+            "kube-system",
+            |s| s["spec"]["namespace"] = json!("kube-system"),
+            "namespace must not be a kube-* namespace",
+        ),
+        (
+            "kube-node-lease",
+            |s| s["spec"]["namespace"] = json!("kube-node-lease"),
+            "namespace must not be a kube-* namespace",
+        ),
+        (
+            "afs-system",
+            |s| s["spec"]["namespace"] = json!("afs-system"),
+            "namespace must not be afs-system",
+        ),
+        (
+            "no allowedCells",
+            |s| {
+                s["spec"]["csi"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("allowedCells");
+            },
+            "allowedCells",
+        ),
+        (
+            "a mount option the driver refuses",
+            |s| s["spec"]["csi"]["mountOptions"] = json!(["ro", "nosuid"]),
+            "csi.mountOptions: nosuid is not supported",
+        ),
+        (
+            "context= with auristor",
+            |s| {
+                s["spec"]["csi"]["cacheManager"] = json!("auristor");
+                s["spec"]["csi"]["mountOptions"] =
+                    json!(["context=system_u:object_r:container_file_t:s0"]);
+            },
+            "context= needs cacheManager kafs",
+        ),
+        (
+            "a root class without allowRootMounts",
+            |s| {
+                s["spec"]["csi"]["storageClass"] =
+                    json!({"name": "afs-root", "parameters": {"mount-type": "root"}});
+            },
+            "needs csi.allowRootMounts: true",
+        ),
+        (
+            "a class of a cell not allowed",
+            |s| {
+                s["spec"]["csi"]["storageClass"] = json!({"name": "afs-vol",
+                    "parameters": {"mount-type": "volume", "cell-name": "example.org", "volume-name": "v"}});
+            },
+            "cell-name example.org is not in csi.allowedCells",
+        ),
+    ];
+    for (what, change, expected) in cases {
+        let mut sr = run.sr("bad", "1.0.0");
+        change(&mut sr);
+        let (code, message) = refused(create(sr).await);
+        assert_eq!(code, 422, "{what}: {message}");
+        assert!(
+            message.contains(expected),
+            "{what}: {expected:?} in {message}"
+        );
+    }
+
+    // Immutable once created.
+    let sr = run.sr("imm", "1.0.0");
+    create(sr.clone()).await.expect("a valid SR is admitted");
+    let mut moved = sr.clone();
+    moved["spec"]["namespace"] = json!(run.sr_name("elsewhere"));
+    let (code, message) = refused(create(moved).await);
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("namespace is immutable"), "{message}");
+    let mut renamed = sr.clone();
+    renamed["spec"]["csi"]["driverName"] = json!("other.csi.example.com");
+    let (code, message) = refused(create(renamed).await);
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("csi.driverName is immutable"), "{message}");
+    let mut upgraded = sr;
+    upgraded["spec"]["csi"]["version"] = json!("1.1.0");
+    create(upgraded).await.expect("other fields may change");
+    api.delete(&run.sr_name("imm"), &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+async fn status_of(run: &Run, suffix: &str) -> (String, String, String) {
+    let status = run.sr_status(suffix).await;
+    let degraded = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Degraded")
+        .cloned()
+        .unwrap_or(Value::Null);
+    (
+        status["state"].as_str().unwrap_or_default().to_owned(),
+        degraded["reason"].as_str().unwrap_or_default().to_owned(),
+        degraded["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn warning_event(run: &Run, suffix: &str, reason: &str) -> bool {
+    Api::<Event>::all(run.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                    == Some(run.sr_name(suffix).as_str())
+        })
+}
+
+async fn delete_sr_and_wait(run: &Run, suffix: &str) {
+    let srs = Api::<SpecialResource>::all(run.client.clone());
+    srs.delete(&run.sr_name(suffix), &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the refused SR to be deleted",
+        Duration::from_secs(30),
+        || async { srs.get_opt(&run.sr_name(suffix)).await.unwrap().is_none() },
+    )
+    .await;
+}
+
+async fn refusals(run: Arc<Run>) {
+    let c = run.client.clone();
+    let namespaces = Api::<Namespace>::all(c.clone());
+
+    // A tenant's namespace: refused, never labelled, nothing deployed into it.
+    let tenant = run.sr_name("tenant");
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": tenant, "labels": {"team": "tenant-a"}}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let before = namespaces.get(&tenant).await.unwrap();
+    run.apply_sr(&run.sr("tenant", "1.0.0")).await;
+    wait_for(
+        "the SR of a tenant's namespace to be refused",
+        Duration::from_secs(30),
+        || async { status_of(&run, "tenant").await.0 == "Refused" },
+    )
+    .await;
+    let (_, reason, message) = status_of(&run, "tenant").await;
+    assert_eq!(reason, "NamespaceNotOwned", "{message}");
+    assert!(
+        message.contains(&format!("kubectl annotate namespace {tenant}")),
+        "{message}"
+    );
+    wait_for(
+        "a Warning event NamespaceNotOwned",
+        Duration::from_secs(10),
+        || warning_event(&run, "tenant", "NamespaceNotOwned"),
+    )
+    .await;
+    let after = namespaces.get(&tenant).await.unwrap();
+    assert_eq!(after.labels(), before.labels(), "not labelled");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "not written at all"
+    );
+    let daemon_sets = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(c.clone(), &tenant);
+    assert!(
+        daemon_sets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    delete_sr_and_wait(&run, "tenant").await;
+    assert_eq!(
+        namespaces
+            .get(&tenant)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        before.metadata.resource_version,
+        "deleting the SR leaves the namespace as it was"
+    );
+
+    // Another vendor's CSIDriver: refused, never owner-referenced, outlives the SR.
+    let drivers = Api::<CSIDriver>::all(c.clone());
+    let driver_name = vendor_driver(&run);
+    drivers
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": driver_name, "labels": {"app.kubernetes.io/name": "vendor-csi"}},
+                "spec": {"attachRequired": true, "podInfoOnMount": false, "volumeLifecycleModes": ["Persistent"]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let before = drivers.get(&driver_name).await.unwrap();
+    let mut sr = run.sr("vendor", "1.0.0");
+    sr["spec"]["csi"]["driverName"] = json!(driver_name);
+    run.apply_sr(&sr).await;
+    wait_for(
+        "the SR of another vendor's driver to be refused",
+        Duration::from_secs(30),
+        || async { status_of(&run, "vendor").await.0 == "Refused" },
+    )
+    .await;
+    let (_, reason, message) = status_of(&run, "vendor").await;
+    assert_eq!(reason, "CSIDriverNotOwned", "{message}");
+    assert!(
+        namespaces
+            .get_opt(&run.sr_name("vendor"))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing of the SR deployed, not even its namespace"
+    );
+    delete_sr_and_wait(&run, "vendor").await;
+    // Give the garbage collector time to act on an owner reference, were there one.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = drivers
+        .get_opt(&driver_name)
+        .await
+        .unwrap()
+        .expect("the vendor's CSIDriver outlives the SR");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "never written"
+    );
+    assert!(after.metadata.owner_references.is_none());
 }

@@ -15,6 +15,7 @@ use afs_operator::labels;
 use afs_operator::metrics::Metrics;
 use afs_operator::objects::OperatorAccount;
 use common::FakeApi;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -24,6 +25,9 @@ const NODES: &str = "/api/v1/nodes";
 const DAEMON_SETS: &str = "/apis/apps/v1/daemonsets";
 const CSI_NODES: &str = "/apis/storage.k8s.io/v1/csinodes";
 const ROLE_BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/rolebindings";
+const CSI_DRIVERS: &str = "/apis/storage.k8s.io/v1/csidrivers";
+const NAMESPACES: &str = "/api/v1/namespaces";
+const EVENTS: &str = "/apis/events.k8s.io/v1/events";
 const DRIVER: &str = "auristorfs.csi.auristor.com";
 
 fn sr(name: &str, group: &str, version: &str) -> Value {
@@ -39,7 +43,7 @@ fn sr(name: &str, group: &str, version: &str) -> Value {
                 "version": version,
                 "kernelMappings": [{"regexp": "6\\.1\\..*", "containerImage": "registry.example/kmod:${KERNEL_FULL_VERSION}"}]
             },
-            "csi": {"image": "registry.example/afs-csi", "version": "1.0.0", "cacheManager": "kafs"},
+            "csi": {"image": "registry.example/afs-csi", "version": "1.0.0", "cacheManager": "kafs", "allowedCells": ["example.com"]},
             "rollout": {"maxUnavailable": 1}
         }
     })
@@ -103,6 +107,12 @@ impl Harness {
     /// One reconcile of `name` with the store refreshed from the fake server, as the
     /// controller's reflector would have it.
     async fn reconcile(&mut self, name: &str) {
+        self.reconcile_action(name).await;
+    }
+
+    /// [`Self::reconcile`], returning when the controller would come back (`None` while
+    /// a deletion waits).
+    async fn reconcile_action(&mut self, name: &str) -> Option<Action> {
         for o in self.api.list(SRS) {
             let o: SpecialResource = serde_json::from_value(o).unwrap();
             self.writer.apply_watcher_event(&watcher::Event::Apply(o));
@@ -111,9 +121,46 @@ impl Harness {
         let result = tokio::time::timeout(Duration::from_secs(1), reconcile(sr, self.ctx.clone()))
             .await
             .expect("reconcile within 1 s");
-        if let Err(e) = result {
-            assert!(e.is_waiting(), "reconcile failed: {e}");
+        match result {
+            Ok(action) => Some(action),
+            Err(e) => {
+                assert!(e.is_waiting(), "reconcile failed: {e}");
+                None
+            }
         }
+    }
+
+    /// Marks the SR deleted, as the API server does while its finalizer is set.
+    fn delete_sr(&self, name: &str) {
+        let mut deleting = self.api.get(SRS, "", name).unwrap();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T01:00:00Z");
+        self.api.put(SRS, deleting);
+    }
+
+    fn finalized(&self, name: &str) -> bool {
+        self.sr(name)
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> Value {
+        self.status(name)["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    fn warning_events(&self, reason: &str) -> usize {
+        self.api
+            .list(EVENTS)
+            .iter()
+            .filter(|e| e["reason"] == reason && e["type"] == "Warning")
+            .count()
     }
 
     fn node(&self, name: &str) -> Value {
@@ -630,7 +677,8 @@ async fn deletion_does_not_wait_for_module_pods_that_were_never_scheduled() {
 /// The operator holds no namespaced write in the SR's namespace but through the
 /// RoleBinding it makes there for the account it runs as: right after the namespace,
 /// before any other request into the namespace (but the cluster-wide pod list); it is
-/// removed with the last live SR of the namespace, after everything else there.
+/// removed with the SR, after everything else there, and never made again by a late
+/// pass.
 #[tokio::test]
 async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_last() {
     let mut h = Harness::new_as(OperatorAccount {
@@ -638,12 +686,7 @@ async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_la
         namespace: "ops-system".to_owned(),
     });
     h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
-    // A second SR in the same namespace, on other nodes.
-    let mut neighbour = sr("group-2", "g2", "1.0.0");
-    neighbour["spec"]["namespace"] = json!("afs-group-1");
-    h.api.put(SRS, neighbour);
     h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
-    h.api.put(NODES, node("n2", "g2", "6.1.0-56-amd64"));
     h.reconcile("group-1").await; // adds the finalizer
     h.take_requests();
     h.reconcile("group-1").await;
@@ -659,7 +702,8 @@ async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_la
             .position(|r| r == request)
             .unwrap_or_else(|| panic!("no {request} in {requests:#?}"))
     };
-    let namespace = position("PATCH /api/v1/namespaces/afs-group-1");
+    // Created marked as the SR's (see the namespace ownership tests).
+    let namespace = position("POST /api/v1/namespaces");
     let bound = position(&format!("PATCH {binding_path}"));
     assert!(namespace < bound, "{requests:#?}");
     let before: Vec<&String> = requests[..bound]
@@ -696,40 +740,13 @@ async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_la
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "ops", "namespace": "ops-system"}])
     );
-    h.reconcile("group-2").await;
-    h.reconcile("group-2").await;
-
-    // group-1 goes: group-2 still works in the namespace, so the binding stays.
+    // The SR goes (a namespace is one SR's, see the ownership tests): the binding goes
+    // after everything else there.
     let mut deleting = h.api.get(SRS, "", "group-1").unwrap();
-    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T01:00:00Z");
-    h.api.put(SRS, deleting);
-    h.reconcile("group-1").await;
-    assert!(
-        h.sr("group-1")
-            .metadata
-            .finalizers
-            .as_ref()
-            .is_none_or(Vec::is_empty),
-        "group-1 removed: {}",
-        h.status("group-1")
-    );
-    assert!(
-        h.api
-            .get(
-                ROLE_BINDINGS,
-                "afs-group-1",
-                afs_operator::objects::OPERATOR_BINDING
-            )
-            .is_some(),
-        "kept for group-2"
-    );
-
-    // The last SR of the namespace goes: the binding goes after everything else.
-    let mut deleting = h.api.get(SRS, "", "group-2").unwrap();
     deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T02:00:00Z");
     h.api.put(SRS, deleting);
     h.take_requests();
-    h.reconcile("group-2").await;
+    h.reconcile("group-1").await;
     let requests = h.take_requests();
     let unbound = requests
         .iter()
@@ -759,11 +776,11 @@ async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_la
 
     // A late pass on the SR (a cache still showing it with its finalizer, as happens
     // right after the finalizer goes) must not bind the operator there again.
-    let mut stale = h.api.get(SRS, "", "group-2").unwrap();
+    let mut stale = h.api.get(SRS, "", "group-1").unwrap();
     stale["metadata"]["finalizers"] = json!([labels::FINALIZER]);
     h.api.put(SRS, stale);
     h.take_requests();
-    h.reconcile("group-2").await;
+    h.reconcile("group-1").await;
     let requests = h.take_requests();
     assert!(
         !requests
@@ -779,5 +796,287 @@ async fn the_operator_binds_its_role_in_the_sr_namespace_first_and_removes_it_la
                 afs_operator::objects::OPERATOR_BINDING
             )
             .is_none()
+    );
+}
+
+/// Write requests (as `METHOD path`) that touch `path` or create into its collection.
+fn touching<'a>(writes: &'a [String], collection: &str, name: &str) -> Vec<&'a String> {
+    writes
+        .iter()
+        .filter(|w| {
+            let path = w.split_once(' ').map_or("", |(_, p)| p);
+            path == collection || path.starts_with(&format!("{collection}/{name}"))
+        })
+        .collect()
+}
+
+/// Issue 12, case 11: `spec.namespace` naming a namespace the operator did not create
+/// (here a tenant's) is refused: not labelled privileged, nothing deployed into it, no
+/// node touched, a Warning event once, and a calm requeue; handing the namespace over
+/// (the annotation) lets the SR deploy.
+#[tokio::test]
+async fn a_namespace_the_operator_did_not_create_is_refused_and_never_labelled() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    let tenant = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "afs-group-1", "labels": {"team": "tenant-a"}}});
+    h.api.put(NAMESPACES, tenant);
+    let before = h.api.get(NAMESPACES, "", "afs-group-1").unwrap();
+
+    h.reconcile("group-1").await; // adds the finalizer
+    let action = h.reconcile_action("group-1").await;
+    let writes = h.api.take_writes();
+    assert_eq!(
+        touching(&writes, NAMESPACES, "afs-group-1"),
+        Vec::<&String>::new(),
+        "no request writes the namespace: {writes:?}"
+    );
+    assert_eq!(
+        h.api.get(NAMESPACES, "", "afs-group-1").unwrap(),
+        before,
+        "not labelled"
+    );
+    for collection in [
+        DAEMON_SETS,
+        "/api/v1/serviceaccounts",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        CSI_DRIVERS,
+    ] {
+        assert!(
+            h.api.list(collection).is_empty(),
+            "nothing deployed: {collection}"
+        );
+    }
+    assert!(
+        taints(&h.node("n1")).is_empty()
+            && h.node("n1")["metadata"]["labels"][labels::KERNEL_LABEL].is_null(),
+        "no node touched: {}",
+        h.node("n1")
+    );
+    assert_eq!(h.status("group-1")["state"], "Refused");
+    let degraded = h.condition("group-1", "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "NamespaceNotOwned");
+    let message = degraded["message"].as_str().unwrap();
+    for needle in [
+        "namespace afs-group-1 already exists",
+        "kubectl annotate namespace afs-group-1 afs.csi.auristor.com/namespace-of=group-1",
+    ] {
+        assert!(message.contains(needle), "{needle:?} in {message}");
+    }
+    assert_eq!(h.warning_events("NamespaceNotOwned"), 1);
+    assert_eq!(
+        action,
+        Some(Action::requeue(Duration::from_secs(60))),
+        "no hot loop"
+    );
+
+    // Again: the same refusal writes nothing (no second event, no status change).
+    h.reconcile("group-1").await;
+    assert_eq!(h.api.take_writes(), Vec::<String>::new());
+
+    // The admin hands the namespace over: the SR deploys into it.
+    let mut handed = h.api.get(NAMESPACES, "", "afs-group-1").unwrap();
+    handed["metadata"]["annotations"] = json!({labels::NAMESPACE_OF_ANNOTATION: "group-1"});
+    h.api.put(NAMESPACES, handed);
+    h.reconcile("group-1").await;
+    assert_eq!(h.status("group-1")["state"], "Progressing");
+    assert!(!h.api.list(DAEMON_SETS).is_empty());
+    let ns = h.api.get(NAMESPACES, "", "afs-group-1").unwrap();
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+}
+
+/// Issue 12, case 11: a namespace the operator creates is marked as the SR's, created
+/// (not applied: it never takes over one made meanwhile), and keeps neither the
+/// privileged level nor the managed-by label once the SR is gone.
+#[tokio::test]
+async fn the_namespace_is_created_marked_and_its_labels_go_with_the_sr() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    let writes = h.api.take_writes();
+    assert!(
+        writes.contains(&format!("POST {NAMESPACES}")),
+        "created: {writes:?}"
+    );
+    let ns = h.api.get(NAMESPACES, "", "afs-group-1").unwrap();
+    assert_eq!(
+        ns["metadata"]["annotations"][labels::NAMESPACE_OF_ANNOTATION],
+        "group-1"
+    );
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    h.play_kubelet("afs-group-1");
+    h.reconcile("group-1").await;
+
+    h.delete_sr("group-1");
+    for _ in 0..3 {
+        h.reconcile("group-1").await;
+        h.remove_released_pods("afs-group-1");
+    }
+    assert!(h.finalized("group-1"), "{}", h.status("group-1"));
+    let ns = h
+        .api
+        .get(NAMESPACES, "", "afs-group-1")
+        .expect("the namespace stays: it holds the user's maps");
+    let labels = ns["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !labels.contains_key("pod-security.kubernetes.io/enforce")
+            && !labels.contains_key(labels::MANAGED_BY_LABEL),
+        "the operator's labels are taken back: {ns}"
+    );
+    assert_eq!(
+        ns["metadata"]["annotations"][labels::NAMESPACE_OF_ANNOTATION],
+        "group-1",
+        "the mark stays (it grants nothing; afsctl undeploy reads it)"
+    );
+}
+
+/// Issue 12, case 13: `csi.driverName` naming another vendor's CSIDriver is refused: the
+/// CSIDriver is never applied, owner-referenced or deleted, not even when the SR goes.
+#[tokio::test]
+async fn another_vendors_csi_driver_is_refused_and_outlives_the_sr() {
+    let mut h = Harness::new();
+    let mut spec = sr("group-1", "g1", "1.0.0");
+    spec["spec"]["csi"]["driverName"] = json!("ebs.csi.aws.com");
+    h.api.put(SRS, spec);
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    h.api.put(
+        CSI_DRIVERS,
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+            "metadata": {"name": "ebs.csi.aws.com", "labels": {"app.kubernetes.io/name": "aws-ebs-csi-driver"}},
+            "spec": {"attachRequired": true, "podInfoOnMount": false, "volumeLifecycleModes": ["Persistent"]}}),
+    );
+    let vendors = h.api.get(CSI_DRIVERS, "", "ebs.csi.aws.com").unwrap();
+
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    let writes = h.api.take_writes();
+    assert_eq!(
+        touching(&writes, CSI_DRIVERS, "ebs.csi.aws.com"),
+        Vec::<&String>::new(),
+        "{writes:?}"
+    );
+    assert_eq!(
+        h.api.get(CSI_DRIVERS, "", "ebs.csi.aws.com").unwrap(),
+        vendors
+    );
+    assert_eq!(h.status("group-1")["state"], "Refused");
+    let degraded = h.condition("group-1", "Degraded");
+    assert_eq!(degraded["reason"], "CSIDriverNotOwned");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("CSIDriver ebs.csi.aws.com already exists"),
+        "{degraded}"
+    );
+    assert_eq!(h.warning_events("CSIDriverNotOwned"), 1);
+    assert!(
+        h.api.get(NAMESPACES, "", "afs-group-1").is_none() && h.api.list(DAEMON_SETS).is_empty(),
+        "nothing of the SR is deployed"
+    );
+
+    h.delete_sr("group-1");
+    h.reconcile("group-1").await;
+    assert!(h.finalized("group-1"), "{}", h.status("group-1"));
+    let writes = h.api.take_writes();
+    assert_eq!(
+        touching(&writes, CSI_DRIVERS, "ebs.csi.aws.com"),
+        Vec::<&String>::new(),
+        "{writes:?}"
+    );
+    assert_eq!(
+        h.api.get(CSI_DRIVERS, "", "ebs.csi.aws.com").unwrap(),
+        vendors,
+        "the vendor's CSIDriver outlives the SR, untouched"
+    );
+}
+
+/// `csi.allowEphemeral`: the shared CSIDriver lists the Ephemeral mode only while an SR
+/// of the driver allows inline volumes, so kubelet refuses them otherwise. The mode is
+/// immutable in Kubernetes: the operator replaces its own CSIDriver.
+#[tokio::test]
+async fn inline_volumes_need_an_sr_that_allows_them() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    let modes = |h: &Harness| {
+        h.api.get(CSI_DRIVERS, "", DRIVER).unwrap()["spec"]["volumeLifecycleModes"].clone()
+    };
+    assert_eq!(modes(&h), json!(["Persistent"]));
+
+    let mut allowing = h.api.get(SRS, "", "group-1").unwrap();
+    allowing["spec"]["csi"]["allowEphemeral"] = json!(true);
+    allowing["metadata"]["generation"] = json!(2);
+    h.api.put(SRS, allowing);
+    h.api.take_writes();
+    h.reconcile("group-1").await;
+    assert_eq!(modes(&h), json!(["Persistent", "Ephemeral"]));
+    let writes = h.api.take_writes();
+    assert_eq!(
+        touching(&writes, CSI_DRIVERS, DRIVER),
+        [
+            &format!("DELETE {CSI_DRIVERS}/{DRIVER}"),
+            &format!("POST {CSI_DRIVERS}")
+        ],
+        "replaced, as the API server refuses to change the modes"
+    );
+    let owners = h.api.get(CSI_DRIVERS, "", DRIVER).unwrap()["metadata"]["ownerReferences"].clone();
+    assert_eq!(owners[0]["name"], "group-1", "{owners}");
+    let node_plugin = h
+        .api
+        .get(DAEMON_SETS, "afs-group-1", "group-1-csi-node")
+        .unwrap();
+    let env = &node_plugin["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "CSI_ALLOW_EPHEMERAL" && e["value"] == "true"),
+        "{env}"
+    );
+}
+
+/// An SR stored before `csi.allowedCells` existed (admission now requires it) still
+/// deploys, fails closed (no cell allowed) and says why.
+#[tokio::test]
+async fn an_sr_without_allowed_cells_fails_closed_and_says_so() {
+    let mut h = Harness::new();
+    let mut old = sr("group-1", "g1", "1.0.0");
+    old["spec"]["csi"]
+        .as_object_mut()
+        .unwrap()
+        .remove("allowedCells");
+    h.api.put(SRS, old);
+    h.api.put(NODES, node("n1", "g1", "6.1.0-56-amd64"));
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    let degraded = h.condition("group-1", "Degraded");
+    assert_eq!(degraded["reason"], "AllowedCellsMissing", "{degraded}");
+    let node_plugin = h
+        .api
+        .get(DAEMON_SETS, "afs-group-1", "group-1-csi-node")
+        .unwrap();
+    let env = &node_plugin["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "CSI_ALLOWED_CELLS" && e["value"] == ""),
+        "{env}"
     );
 }

@@ -8,16 +8,19 @@ use std::time::Duration;
 use afs_operator::controller::observe_group;
 use afs_operator::crd::SpecialResource;
 use afs_operator::group;
-use afs_operator::labels::{RELEASE_LABEL, SR_LABEL};
+use afs_operator::labels::{
+    CREATED_BY_AFSCTL, CREATED_BY_ANNOTATION, NAMESPACE_OF_ANNOTATION, RELEASE_LABEL, SR_LABEL,
+};
 use afs_operator::nodes::release_patch;
-use afs_operator::objects::{KMOD_COMPONENT, MANAGED_BY};
+use afs_operator::objects::KMOD_COMPONENT;
+use afs_operator::ownership::{self, NamespaceOwnership};
 use afs_operator::status::READY;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::cluster::{FIELD_MANAGER, Target};
 use crate::progress::{self, NodeRow, Rollout};
@@ -49,6 +52,17 @@ pub enum CommandError {
     Kube { action: String, source: kube::Error },
     #[error("{0}")]
     Refused(String),
+    /// The namespace or CSIDriver the file names is not the SR's: nothing was done.
+    #[error("SpecialResource {name} is refused, nothing was changed:\n  {}", .reasons.join("\n  "))]
+    NotOwned { name: String, reasons: Vec<String> },
+    /// The file changes what the API server keeps immutable.
+    #[error(
+        "SpecialResource {name} is deployed with another spec.namespace or spec.csi.driverName; undeploy it first (bin/redeploy): {source}"
+    )]
+    Immutable {
+        name: String,
+        source: InvalidSpecialResource,
+    },
     #[error(
         "pods on the group's nodes use AFS volumes of driver {driver}:\n  {}\nstop them first, or pass --force: the SpecialResource is then removed node by node as they go, and no module is unloaded under them",
         .pods.join("\n  ")
@@ -113,24 +127,26 @@ pub async fn deploy(
         selector(&sr)
     );
 
+    let existing = preflight(client, &sr).await?;
+
     let _ = writeln!(out, "[1/6] operator");
     install::ensure(client, options.operator_image.as_deref(), false, out).await?;
 
     let _ = writeln!(out, "[2/6] namespace {namespace}");
-    // Created, not applied: the operator applies its own labels to it.
+    // Created, not applied: the operator applies its own labels to it. Created marked
+    // as the SR's and as afsctl's, so that undeploy deletes it and nothing else.
     let namespaces = Api::<Namespace>::all(client.clone());
-    let present = namespaces
-        .get_opt(&namespace)
-        .await
-        .map_err(kube_error(format!("reading namespace {namespace}")))?
-        .is_some();
-    if present {
-        let _ = writeln!(out, "  present");
+    if let Some(ns) = &existing {
+        let _ = match namespace_fate(&name, Some(ns)) {
+            NamespaceFate::Keep(why) => writeln!(out, "  present; undeploy keeps it: {why}"),
+            _ => writeln!(out, "  present (an earlier deploy created it)"),
+        };
     } else {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}}))
-            .map_err(|e| CommandError::Refused(e.to_string()))?;
         namespaces
-            .create(&PostParams::default(), &ns)
+            .create(
+                &PostParams::default(),
+                &created_namespace(&name, &namespace),
+            )
             .await
             .map_err(kube_error(format!("creating namespace {namespace}")))?;
         let _ = writeln!(out, "  created");
@@ -164,6 +180,106 @@ pub async fn deploy(
         options.timeout.as_secs()
     );
     follow(client, &name, options.timeout, true, out).await
+}
+
+/// What deploy checks before it changes anything: the file does not change what the
+/// API server keeps immutable, and the namespace and CSIDriver it names are the SR's
+/// or missing (the operator's own rule, [`ownership::refusals`]). Returns the namespace
+/// when it exists.
+async fn preflight(
+    client: &Client,
+    sr: &SpecialResource,
+) -> Result<Option<Namespace>, CommandError> {
+    let name = sr.name_any();
+    let live = match Api::<SpecialResource>::all(client.clone()).get(&name).await {
+        Ok(live) => Some(live),
+        // Also what a cluster without the CRD answers (deploy installs it next).
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(e) => return Err(kube_error(format!("reading SpecialResource {name}"))(e)),
+    };
+    if let Some(live) = &live {
+        crate::validate::update(sr, live).map_err(|source| CommandError::Immutable {
+            name: name.clone(),
+            source,
+        })?;
+    }
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get_opt(&sr.spec.namespace)
+        .await
+        .map_err(kube_error(format!(
+            "reading namespace {}",
+            sr.spec.namespace
+        )))?;
+    let driver = Api::<CSIDriver>::all(client.clone())
+        .get_opt(&sr.spec.csi.driver_name)
+        .await
+        .map_err(kube_error(format!(
+            "reading CSIDriver {}",
+            sr.spec.csi.driver_name
+        )))?;
+    let refusals = ownership::refusals(&name, &sr.spec, namespace.as_ref(), driver.as_ref());
+    if !refusals.is_empty() {
+        return Err(CommandError::NotOwned {
+            name,
+            reasons: refusals.into_iter().map(|r| r.message).collect(),
+        });
+    }
+    Ok(namespace)
+}
+
+/// The namespace deploy creates: marked as the SR's (so the operator deploys into it)
+/// and as made by afsctl (so undeploy deletes it).
+fn created_namespace(sr: &str, namespace: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.to_owned()),
+            annotations: Some(BTreeMap::from([
+                (NAMESPACE_OF_ANNOTATION.to_owned(), sr.to_owned()),
+                (
+                    CREATED_BY_ANNOTATION.to_owned(),
+                    CREATED_BY_AFSCTL.to_owned(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// What undeploy does with the SR's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NamespaceFate {
+    /// Already gone.
+    Absent,
+    /// `afsctl deploy` created it for this SR: it goes.
+    Delete,
+    /// It existed before deploy (or belongs to another SR): it stays, for this reason.
+    Keep(String),
+}
+
+/// Undeploy deletes only a namespace that deploy created for this SR (pure).
+fn namespace_fate(sr: &str, namespace: Option<&Namespace>) -> NamespaceFate {
+    let Some(ns) = namespace else {
+        return NamespaceFate::Absent;
+    };
+    let created_by = ns
+        .annotations()
+        .get(CREATED_BY_ANNOTATION)
+        .map(String::as_str);
+    match (ownership::namespace_ownership(sr, Some(ns)), created_by) {
+        (NamespaceOwnership::Ours, Some(CREATED_BY_AFSCTL)) => NamespaceFate::Delete,
+        (
+            NamespaceOwnership::NotOurs {
+                marked_for: Some(other),
+            },
+            _,
+        ) => NamespaceFate::Keep(format!(
+            "it belongs to SpecialResource {other} ({NAMESPACE_OF_ANNOTATION}={other})"
+        )),
+        _ => NamespaceFate::Keep(format!(
+            "it existed before afsctl deploy (no {CREATED_BY_ANNOTATION}={CREATED_BY_AFSCTL} annotation)"
+        )),
+    }
 }
 
 /// Prints node rows and the summary whenever they change until the rollout is done
@@ -318,17 +434,40 @@ pub async fn undeploy(
     let _ = writeln!(out, "[4/6] maps");
     maps::run(&options.delete_maps, &sr, &options.file, target, out)?;
 
-    let _ = writeln!(out, "[5/6] deleting namespace {namespace}");
-    delete_namespace(client, &namespace, options.timeout).await?;
+    let _ = writeln!(out, "[5/6] namespace {namespace}");
+    let live_namespace = Api::<Namespace>::all(client.clone())
+        .get_opt(&namespace)
+        .await
+        .map_err(kube_error(format!("reading namespace {namespace}")))?;
+    let kept = match namespace_fate(&name, live_namespace.as_ref()) {
+        NamespaceFate::Absent => {
+            let _ = writeln!(out, "  already gone");
+            false
+        }
+        NamespaceFate::Delete => {
+            let _ = writeln!(out, "  deleting (afsctl deploy created it)");
+            delete_namespace(client, &namespace, options.timeout).await?;
+            false
+        }
+        NamespaceFate::Keep(why) => {
+            let _ = writeln!(out, "  kept: {why}");
+            true
+        }
+    };
 
     let _ = writeln!(out, "[6/6] verifying");
-    let leftovers = leftovers(client, &sr).await?;
+    let leftovers = leftovers(client, &sr, kept).await?;
     if !leftovers.is_empty() {
         return Err(CommandError::Leftovers { name, leftovers });
     }
+    let namespace_note = if kept {
+        format!("namespace {namespace} kept, without the operator's labels")
+    } else {
+        format!("no namespace {namespace}")
+    };
     let _ = writeln!(
         out,
-        "nothing of SpecialResource {name} remains: no module pod, no object, no node label or taint, no namespace {namespace}"
+        "nothing of SpecialResource {name} remains: no module pod, no object, no node label or taint, {namespace_note}"
     );
     Ok(())
 }
@@ -453,7 +592,13 @@ async fn delete_namespace(
 }
 
 /// Everything of the SR still in the cluster, each named so the admin can act on it.
-async fn leftovers(client: &Client, sr: &SpecialResource) -> Result<Vec<String>, CommandError> {
+/// A `kept` namespace (one deploy did not create) is no leftover, but the operator's
+/// labels on it are.
+async fn leftovers(
+    client: &Client,
+    sr: &SpecialResource,
+    kept: bool,
+) -> Result<Vec<String>, CommandError> {
     let name = sr.name_any();
     let mut left = Vec::new();
     let read = |what: &str| kube_error(format!("verifying: reading {what}"));
@@ -473,13 +618,22 @@ async fn leftovers(client: &Client, sr: &SpecialResource) -> Result<Vec<String>,
     {
         left.push(format!("SpecialResource {name}"));
     }
-    if Api::<Namespace>::all(client.clone())
+    let namespace = Api::<Namespace>::all(client.clone())
         .get_opt(&sr.spec.namespace)
         .await
-        .map_err(read("namespaces"))?
-        .is_some()
-    {
-        left.push(format!("Namespace {}", sr.spec.namespace));
+        .map_err(read("namespaces"))?;
+    match namespace {
+        Some(_) if !kept => left.push(format!("Namespace {}", sr.spec.namespace)),
+        Some(ns) => {
+            if let Some(patch) = ownership::namespace_release_patch(&name, &ns) {
+                left.push(format!(
+                    "Namespace {} still carries {}",
+                    sr.spec.namespace,
+                    describe_patch(&patch)
+                ));
+            }
+        }
+        None => {}
     }
     let ours = ListParams::default().labels(&format!("{SR_LABEL}={name}"));
     for role in Api::<ClusterRole>::all(client.clone())
@@ -511,10 +665,7 @@ async fn leftovers(client: &Client, sr: &SpecialResource) -> Result<Vec<String>,
             .await
             .map_err(read("CSIDrivers"))?
             .is_some_and(|d| {
-                d.labels()
-                    .get("app.kubernetes.io/managed-by")
-                    .map(String::as_str)
-                    == Some(MANAGED_BY)
+                ownership::csi_driver_ownership(Some(&d)) == ownership::DriverOwnership::Ours
             })
     {
         left.push(format!("CSIDriver {driver}"));
@@ -561,4 +712,67 @@ fn describe_patch(patch: &serde_json::Value) -> String {
         keys.push("the operator's cordon".to_owned());
     }
     keys.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(annotations: &[(&str, &str)]) -> Namespace {
+        let mut ns = created_namespace("g1", "afs-g1");
+        ns.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        ns
+    }
+
+    #[test]
+    fn deploy_creates_the_namespace_marked_for_the_sr_and_by_afsctl() {
+        let ns = created_namespace("g1", "afs-g1");
+        assert_eq!(ns.metadata.name.as_deref(), Some("afs-g1"));
+        assert_eq!(
+            ownership::namespace_ownership("g1", Some(&ns)),
+            NamespaceOwnership::Ours,
+            "the operator deploys into it"
+        );
+        assert_eq!(namespace_fate("g1", Some(&ns)), NamespaceFate::Delete);
+    }
+
+    #[test]
+    fn undeploy_deletes_only_a_namespace_deploy_created_for_this_sr() {
+        assert_eq!(namespace_fate("g1", None), NamespaceFate::Absent);
+        let kept = [
+            // Existed before, handed over by the admin, or made by the operator.
+            namespace(&[(NAMESPACE_OF_ANNOTATION, "g1")]),
+            namespace(&[]),
+            // Made by afsctl for another SR.
+            namespace(&[
+                (NAMESPACE_OF_ANNOTATION, "g2"),
+                (CREATED_BY_ANNOTATION, CREATED_BY_AFSCTL),
+            ]),
+            // Someone else's record.
+            namespace(&[
+                (NAMESPACE_OF_ANNOTATION, "g1"),
+                (CREATED_BY_ANNOTATION, "helm"),
+            ]),
+        ];
+        for ns in &kept {
+            assert!(
+                matches!(namespace_fate("g1", Some(ns)), NamespaceFate::Keep(_)),
+                "{:?}",
+                ns.metadata.annotations
+            );
+        }
+        let NamespaceFate::Keep(why) = namespace_fate("g1", Some(&kept[0])) else {
+            unreachable!()
+        };
+        assert!(why.contains("existed before afsctl deploy"), "{why}");
+        let NamespaceFate::Keep(why) = namespace_fate("g1", Some(&kept[2])) else {
+            unreachable!()
+        };
+        assert!(why.contains("belongs to SpecialResource g2"), "{why}");
+    }
 }

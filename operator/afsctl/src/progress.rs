@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use afs_operator::controller::REFUSED_STATE;
 use afs_operator::crd::SpecialResource;
 use afs_operator::labels::UPGRADE_REASON_ANNOTATION;
 use afs_operator::observe::{self, GroupIndex, Observed};
@@ -179,7 +180,8 @@ pub enum Rollout {
     Done { ready: u32, total: u32 },
     /// Still moving; the summary says how far.
     Waiting { summary: String },
-    /// Waiting will not help (another SR owns the nodes): the message says what to do.
+    /// Waiting will not help (another SR owns the nodes, or the namespace or CSIDriver
+    /// is not the SR's): the message says what to do.
     Refused { message: String },
 }
 
@@ -196,7 +198,9 @@ pub fn rollout(sr: &SpecialResource) -> Rollout {
     let ready = status.conditions.iter().find(|c| c.type_ == READY);
     let message = ready.map(|c| c.message.clone()).unwrap_or_default();
     let state = status.state.as_deref().unwrap_or("Unknown");
-    if state == "Conflict" {
+    // Waiting will not help: another SR owns the nodes, or the spec names a namespace
+    // or CSIDriver that is not its own.
+    if state == "Conflict" || state == REFUSED_STATE {
         return Rollout::Refused {
             message: format!("SpecialResource {name:?} is refused: {message}"),
         };
@@ -254,7 +258,7 @@ mod tests {
             "spec": {"namespace": "afs-1", "nodeSelector": {"g": "1"},
                 "kmod": {"module": "kafs", "version": "1.0.0",
                     "kernelMappings": [{"literal": "6.1.0-56-amd64", "containerImage": "r/k:${KERNEL_FULL_VERSION}"}]},
-                "csi": {"image": "r/csi", "version": "1.0.0"},
+                "csi": {"image": "r/csi", "version": "1.0.0", "allowedCells": ["example.com"]},
                 "rollout": {"podNonInterruptLabels": {"matchLabels": {"critical": "true"}}}},
             "status": status,
         }))
@@ -379,6 +383,13 @@ mod tests {
             rollout(&sr(current("Conflict", "False", "shares nodes a with SpecialResource g0"))),
             Rollout::Refused { message } if message.contains("shares nodes a with SpecialResource g0")
         ));
+        assert!(
+            matches!(
+                rollout(&sr(current(REFUSED_STATE, "False", "namespace afs-1 already exists and is not this SpecialResource's"))),
+                Rollout::Refused { message } if message.contains("namespace afs-1 already exists")
+            ),
+            "a namespace or CSIDriver that is not the SR's stops the wait at once"
+        );
         assert!(matches!(
             rollout(&sr(Value::Null)),
             Rollout::Waiting { summary } if summary.contains("operator has not reported")

@@ -72,6 +72,13 @@ pub fn special_resource_value(object: &Value) -> Result<SpecialResource, Invalid
     Ok(sr)
 }
 
+/// Whether the API server would accept `new` as an update of `live` (the transition
+/// rules: `spec.namespace` and `spec.csi.driverName` are immutable).
+pub fn update(new: &SpecialResource, live: &SpecialResource) -> Result<(), InvalidSpecialResource> {
+    new.validate_cel_update(live)
+        .map_err(|e| InvalidSpecialResource::Rules(vec![e.to_string()]))
+}
+
 /// Fields of `given` that the types do not know: the API server would drop them
 /// without a word, so a misspelt `mapVolume:` would deploy with no map volumes.
 fn unknown_fields(given: &Value, known: &Value, path: &str, out: &mut Vec<String>) {

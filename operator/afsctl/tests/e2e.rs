@@ -20,8 +20,8 @@ use afsctl::cluster::Target;
 use afsctl::commands::{self, CommandError, DeployOptions, UndeployOptions};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::storage::v1::CSINode;
-use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use kubelet::Kubelet;
 use serde_json::{Value, json};
 
@@ -241,11 +241,82 @@ async fn scenario(client: Client, kubeconfig: PathBuf, id: String, dir: PathBuf)
         text(&out)
     );
     assert!(srs.get_opt(&name).await.unwrap().is_none());
+    let namespaces = Api::<Namespace>::all(client.clone());
     assert!(
-        Api::<Namespace>::all(client.clone())
-            .get_opt(&name)
-            .await
-            .unwrap()
-            .is_none()
+        namespaces.get_opt(&name).await.unwrap().is_none(),
+        "deploy created the namespace: undeploy deletes it"
+    );
+
+    // Issue 12, cases 11 and 12: a namespace that exists before deploy. Unmarked,
+    // deploy refuses it before changing anything.
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": name, "labels": {"team": "tenant-a"}}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let error = commands::deploy(&client, &target, &deploy(create_maps.clone()), &mut out)
+        .await
+        .expect_err("an unmarked namespace is refused");
+    assert!(
+        error.to_string().contains(&format!(
+            "namespace {name} already exists and is not this SpecialResource's"
+        )),
+        "{error}"
+    );
+    assert!(srs.get_opt(&name).await.unwrap().is_none(), "no SR applied");
+    let untouched = namespaces.get(&name).await.unwrap();
+    assert!(
+        !untouched
+            .labels()
+            .contains_key("pod-security.kubernetes.io/enforce"),
+        "not labelled"
+    );
+
+    // Handed over by the admin: deploy uses it, undeploy keeps it (without the
+    // operator's privileged label) and verifies the rest is gone.
+    namespaces
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                afs_operator::labels::NAMESPACE_OF_ANNOTATION: name}}})),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let result = commands::deploy(&client, &target, &deploy(create_maps.clone()), &mut out).await;
+    eprintln!("{}", text(&out));
+    result.expect("deployed into the handed-over namespace");
+    let mut out = Vec::new();
+    let result = commands::undeploy(&client, &target, &undeploy(false), &mut out).await;
+    eprintln!("{}", text(&out));
+    result.expect("undeployed");
+    let printed = text(&out);
+    assert!(
+        printed.contains("kept: it existed before afsctl deploy")
+            && printed.contains(&format!("namespace {name} kept")),
+        "{printed}"
+    );
+    let kept = namespaces
+        .get_opt(&name)
+        .await
+        .unwrap()
+        .expect("the pre-existing namespace stays");
+    assert_eq!(
+        kept.labels().get("team").map(String::as_str),
+        Some("tenant-a")
+    );
+    assert!(
+        !kept
+            .labels()
+            .contains_key("pod-security.kubernetes.io/enforce"),
+        "the operator took its privileged label back: {:?}",
+        kept.labels()
     );
 }

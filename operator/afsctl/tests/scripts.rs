@@ -23,7 +23,7 @@ spec:
     kernelMappings:
       - regexp: '^6\.1\..*$'
         containerImage: registry.example.com/auristor-kmod-${MODULE_VERSION}:${KERNEL_FULL_VERSION}
-  csi: {image: registry.example.com/auristorfs-csi, version: 1.0.0}
+  csi: {image: registry.example.com/auristorfs-csi, version: 1.0.0, allowedCells: [example.com]}
 "#;
 
 struct Fixture {

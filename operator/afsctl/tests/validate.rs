@@ -27,6 +27,7 @@ fn valid() -> Value {
                 "image": "registry.example/afs-csi",
                 "version": "1.0.0",
                 "cacheManager": "kafs",
+                "allowedCells": ["example.com"],
                 "storageClass": {"name": "afs", "parameters": {"mount-type": "volume"}}
             },
             "rollout": {"maxUnavailable": "25%", "maxParallel": 2}
@@ -160,6 +161,12 @@ fn bad_specs_are_refused_naming_the_field() {
             "/spec/rollout/eviction/timeoutSeconds",
         ),
     ];
+    check_refusals(cases);
+}
+
+/// Each case: the field (a JSON pointer) set to the value gets an error containing the
+/// text.
+fn check_refusals(cases: &[(&str, Value, &str)]) {
     for (pointer, value, expected) in cases {
         let mut object = valid();
         let (parent, key) = pointer.rsplit_once('/').expect("pointer");
@@ -190,4 +197,183 @@ fn files_that_are_not_special_resources_are_refused() {
     assert!(error.to_string().contains("metadata.name"), "{error}");
     let error = afsctl::validate::special_resource("spec: [").expect_err("refused");
     assert!(error.to_string().starts_with("not YAML"), "{error}");
+}
+
+/// Case 11: the namespace of a group is its own, never the cluster's or the operator's.
+#[test]
+fn shared_and_system_namespaces_are_refused() {
+    let pod_security = "namespace must not be default";
+    let kube = "namespace must not be a kube-* namespace";
+    check_refusals(&[
+        ("/spec/namespace", json!("default"), pod_security),
+        ("/spec/namespace", json!("kube-system"), kube),
+        ("/spec/namespace", json!("kube-public"), kube),
+        ("/spec/namespace", json!("kube-node-lease"), kube),
+        ("/spec/namespace", json!("kube-anything"), kube),
+        (
+            "/spec/namespace",
+            json!("afs-system"),
+            "namespace must not be afs-system, the operator's own namespace",
+        ),
+    ]);
+    for fine in ["kubeflow-afs", "afs-default", "tenant-a"] {
+        let mut object = valid();
+        object["spec"]["namespace"] = json!(fine);
+        assert_eq!(admission_errors(&object), Vec::<String>::new(), "{fine}");
+    }
+}
+
+/// Cases 11 and 13: `spec.namespace` and `spec.csi.driverName` cannot change once the
+/// SR exists (the API server's transition rules, evaluated against the old object).
+#[test]
+fn namespace_and_driver_name_are_immutable() {
+    let old = afsctl::validate::special_resource_value(&valid()).expect("admitted");
+    let update = |pointer: &str, value: Value| {
+        let mut object = valid();
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+        object
+            .pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .expect("parent")
+            .insert(key.to_owned(), value);
+        let new = afsctl::validate::special_resource_value(&object).expect("admitted alone");
+        afsctl::validate::update(&new, &old)
+    };
+    let error = update("/spec/namespace", json!("afs-elsewhere")).expect_err("refused");
+    assert!(
+        error.to_string().contains("namespace is immutable"),
+        "{error}"
+    );
+    let error =
+        update("/spec/csi/driverName", json!("other.csi.example.com")).expect_err("refused");
+    assert!(
+        error.to_string().contains("csi.driverName is immutable"),
+        "{error}"
+    );
+    // Anything else may change.
+    update("/spec/csi/version", json!("1.1.0")).expect("a new driver version");
+    update(
+        "/spec/csi/allowedCells",
+        json!(["example.com", "example.org"]),
+    )
+    .expect("another cell");
+}
+
+/// The node plugin's security settings: cells are named (or `*` alone), and every
+/// StorageClass and mount option of the SR is one the driver accepts.
+#[test]
+fn csi_security_settings_are_checked_at_admission() {
+    let mut missing = valid();
+    missing["spec"]["csi"]
+        .as_object_mut()
+        .expect("csi")
+        .remove("allowedCells");
+    let errors = admission_errors(&missing);
+    assert!(
+        errors.iter().any(|e| e.contains("allowedCells")),
+        "allowedCells is required: {errors:?}"
+    );
+    check_refusals(&[
+        (
+            "/spec/csi/allowedCells",
+            json!([]),
+            "/spec/csi/allowedCells",
+        ),
+        (
+            "/spec/csi/allowedCells",
+            json!(["*", "example.com"]),
+            "'*' (any cell) must be the only entry",
+        ),
+        (
+            "/spec/csi/allowedCells",
+            json!(["example..com"]),
+            "/spec/csi/allowedCells/0",
+        ),
+        (
+            "/spec/csi/allowedCells",
+            json!(["a".repeat(65)]),
+            "/spec/csi/allowedCells/0",
+        ),
+        (
+            "/spec/csi/storageClass",
+            json!({"name": "afs", "parameters": {"mount-type": "volume", "cell-name": "example.org", "volume-name": "v"}}),
+            "csi.storageClass.parameters.cell-name example.org is not in csi.allowedCells",
+        ),
+        (
+            "/spec/csi/storageClass",
+            json!({"name": "afs", "parameters": {"mount-type": "root"}}),
+            "mount-type root needs csi.allowRootMounts: true",
+        ),
+        (
+            "/spec/csi/mountOptions",
+            json!(["ro", "nosuid", "uid=0"]),
+            "csi.mountOptions: nosuid is not supported: the driver applies only ro, noexec and context=<SELinux context>",
+        ),
+        (
+            "/spec/csi/mountOptions",
+            json!(["ro", "nosuid", "uid=0"]),
+            "csi.mountOptions: uid=0 is not supported",
+        ),
+        (
+            "/spec/csi/mountOptions",
+            json!(["context="]),
+            "csi.mountOptions: context= is not supported",
+        ),
+        (
+            "/spec/csi/kubeletDir",
+            json!("var/lib/kubelet"),
+            "/spec/csi/kubeletDir",
+        ),
+        (
+            "/spec/csi/kubeletDir",
+            json!("/var/lib/../kubelet"),
+            "csi.kubeletDir must not contain '..'",
+        ),
+    ]);
+    // context= only where each volume is its own afs mount (kafs).
+    for cache_manager in ["auristor", "openafs"] {
+        let mut object = valid();
+        object["spec"]["csi"]["cacheManager"] = json!(cache_manager);
+        object["spec"]["csi"]["mountOptions"] =
+            json!(["context=system_u:object_r:container_file_t:s0"]);
+        let errors = admission_errors(&object);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("context= needs cacheManager kafs")
+                    && e.contains("SELinux label of the AFS root's own mount")),
+            "{cache_manager}: {errors:?}"
+        );
+    }
+
+    let admitted = |change: &dyn Fn(&mut Value)| {
+        let mut object = valid();
+        change(&mut object);
+        assert_eq!(admission_errors(&object), Vec::<String>::new(), "{object}");
+        afsctl::validate::special_resource_value(&object).expect("admitted")
+    };
+    let sr = admitted(&|o| {
+        o["spec"]["csi"]["mountOptions"] = json!([
+            "ro",
+            "noexec",
+            "context=system_u:object_r:container_file_t:s0"
+        ]);
+    });
+    assert!(!sr.spec.csi.allow_root_mounts && !sr.spec.csi.allow_ephemeral);
+    assert_eq!(sr.spec.csi.kubelet_dir, "/var/lib/kubelet");
+    admitted(&|o| {
+        o["spec"]["csi"]["allowedCells"] = json!(["*"]);
+        o["spec"]["csi"]["storageClass"]["parameters"] =
+            json!({"mount-type": "volume", "cell-name": "example.org", "volume-name": "v"});
+    });
+    admitted(&|o| {
+        o["spec"]["csi"]["allowRootMounts"] = json!(true);
+        o["spec"]["csi"]["storageClass"]["parameters"] = json!({"mount-type": "root"});
+    });
+    admitted(&|o| {
+        o["spec"]["csi"]["storageClass"]["parameters"] =
+            json!({"mount-type": "volume", "cell-name": "example.com", "volume-name": "v"});
+        o["spec"]["csi"]["kubeletDir"] = json!("/data/kubelet");
+        o["spec"]["csi"]["allowEphemeral"] = json!(true);
+    });
 }

@@ -11,9 +11,9 @@ use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::pod::{
-    BIDIRECTIONAL, HOST_TO_CONTAINER, KUBELET_DIR, NODE_CRITICAL, empty_dir_volume, env,
-    env_from_field, hardened, host_path_volume, http_probe, match_labels, mount, named_port,
-    on_delete_daemon_set, readiness_tolerations, template,
+    BIDIRECTIONAL, HOST_TO_CONTAINER, NODE_CRITICAL, empty_dir_volume, env, env_from_field,
+    hardened, host_path_volume, http_probe, match_labels, mount, named_port, on_delete_daemon_set,
+    readiness_tolerations, template,
 };
 use super::{
     BuildError, CSI_CONTROLLER_COMPONENT, CSI_DRIVER_COMPONENT, CSI_NODE_COMPONENT, Ctx,
@@ -21,6 +21,10 @@ use super::{
 };
 use crate::crd::{CacheManager, SpecialResource};
 use crate::labels::{COMPONENT_LABEL, MANAGED_BY_LABEL};
+
+/// CSIDriver lifecycle modes: volumes of claims, and inline volumes of pods.
+pub const PERSISTENT_MODE: &str = "Persistent";
+pub const EPHEMERAL_MODE: &str = "Ephemeral";
 
 /// Annotation making a StorageClass the cluster's default.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
@@ -45,20 +49,32 @@ const REGISTRATION_VOLUME: &str = "registration-dir";
 const REGISTRATION_DIR: &str = "/registration";
 const AFS_ROOT_VOLUME: &str = "afs-root";
 
+/// Comma-joined list of `csi.allowedCells` for the driver's `--allowed-cells`.
+const CELL_SEPARATOR: &str = ",";
+
 /// The node plugin `<sr>-csi-node` on every node of the group.
 pub(super) fn node_daemon_set(ctx: &Ctx<'_>) -> DaemonSet {
     let csi = &ctx.spec.csi;
-    let plugin_dir = format!("{KUBELET_DIR}/plugins/{}", csi.driver_name);
+    // Every kubelet path below is under the group's kubelet root: a node whose kubelet
+    // runs with another --root-dir would otherwise never see the plugin register.
+    let kubelet_dir = csi.kubelet_dir.as_str();
+    let plugin_dir = format!("{kubelet_dir}/plugins/{}", csi.driver_name);
     // kAFS is per network namespace (/proc/fs/afs, its cells): the plugin must mount in
     // the host's.
     let host_network = csi.cache_manager == CacheManager::Kafs;
 
+    // What the node plugin may publish: the driver refuses, per request, a cell outside
+    // the list, a root mount and an inline volume unless allowed here.
     let mut driver = driver_container(
         ctx,
         "node",
         vec![
             env_from_field("CSI_NODE_ID", "spec.nodeName"),
             env("CSI_AFS_ROOT", &csi.afs_root),
+            env("CSI_KUBELET_DIR", kubelet_dir),
+            env("CSI_ALLOWED_CELLS", &csi.allowed_cells.join(CELL_SEPARATOR)),
+            env("CSI_ALLOW_ROOT_MOUNTS", bool_flag(csi.allow_root_mounts)),
+            env("CSI_ALLOW_EPHEMERAL", bool_flag(csi.allow_ephemeral)),
         ],
     );
     // Publishing needs mounts that propagate back to the host (kubelet and the pod's
@@ -76,7 +92,7 @@ pub(super) fn node_daemon_set(ctx: &Ctx<'_>) -> DaemonSet {
     driver.volume_mounts.get_or_insert_default().extend([
         VolumeMount {
             mount_propagation: Some(BIDIRECTIONAL.to_owned()),
-            ..mount(KUBELET_VOLUME, KUBELET_DIR)
+            ..mount(KUBELET_VOLUME, kubelet_dir)
         },
         // The AFS client (afsd for AuriStorFS and OpenAFS, the kAFS dynamic root)
         // mounts the AFS root on the host, possibly after this pod started; root
@@ -120,10 +136,10 @@ pub(super) fn node_daemon_set(ctx: &Ctx<'_>) -> DaemonSet {
         containers: vec![driver, registrar, liveness],
         volumes: Some(vec![
             host_path_volume(SOCKET_VOLUME, &plugin_dir, "DirectoryOrCreate"),
-            host_path_volume(KUBELET_VOLUME, KUBELET_DIR, "Directory"),
+            host_path_volume(KUBELET_VOLUME, kubelet_dir, "Directory"),
             host_path_volume(
                 REGISTRATION_VOLUME,
-                &format!("{KUBELET_DIR}/plugins_registry"),
+                &format!("{kubelet_dir}/plugins_registry"),
                 "Directory",
             ),
             host_path_volume(AFS_ROOT_VOLUME, &csi.afs_root, "DirectoryOrCreate"),
@@ -137,6 +153,10 @@ pub(super) fn node_daemon_set(ctx: &Ctx<'_>) -> DaemonSet {
         &BTreeMap::new(),
         spec,
     )
+}
+
+fn bool_flag(value: bool) -> &'static str {
+    if value { "true" } else { "false" }
 }
 
 /// The controller `<sr>-csi-controller`: the driver in controller mode and
@@ -248,13 +268,16 @@ fn node_sidecar(
 /// The CSIDriver `<driverName>`, shared by every SR using that name: each is a
 /// non-controller owner, so it is garbage-collected with the last of them. It carries
 /// no SR label (no cleanup by one SR's label may take it) and depends only on the set
-/// of owners, so every SR builds the same object.
+/// of owners, so every SR builds the same object. It lists the `Ephemeral` lifecycle
+/// mode only when one of them allows inline volumes: kubelet then refuses inline
+/// volumes of the driver itself, before any node plugin sees them.
 pub(super) fn csi_driver(
     sr: &SpecialResource,
     owners: &[&SpecialResource],
 ) -> Result<CSIDriver, BuildError> {
     let ours = &sr.spec.csi.driver_name;
     let mut refs = BTreeMap::new();
+    let mut ephemeral = false;
     let all = std::iter::once(("SpecialResource".to_owned(), sr)).chain(
         owners
             .iter()
@@ -271,7 +294,12 @@ pub(super) fn csi_driver(
                 ours: ours.clone(),
             });
         }
+        ephemeral |= owner.spec.csi.allow_ephemeral;
         refs.insert((reference.name.clone(), reference.uid.clone()), reference);
+    }
+    let mut modes = vec![PERSISTENT_MODE.to_owned()];
+    if ephemeral {
+        modes.push(EPHEMERAL_MODE.to_owned());
     }
     Ok(CSIDriver {
         metadata: ObjectMeta {
@@ -288,7 +316,7 @@ pub(super) fn csi_driver(
             pod_info_on_mount: Some(true),
             // A recursive chown over AFS is wrong: AFS has its own ACLs.
             fs_group_policy: Some("None".to_owned()),
-            volume_lifecycle_modes: Some(vec!["Persistent".to_owned(), "Ephemeral".to_owned()]),
+            volume_lifecycle_modes: Some(modes),
             requires_republish: Some(false),
             ..CSIDriverSpec::default()
         },

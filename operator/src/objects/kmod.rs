@@ -18,9 +18,9 @@ use kmod_manager::kernel::KernelRelease;
 use kmod_manager::mapping::{MappingError, MappingSet};
 
 use super::pod::{
-    HOST_TO_CONTAINER, KUBELET_DIR, NODE_CRITICAL, config_map_volume, empty_dir_volume, env,
-    env_from_field, hardened, host_path_volume, http_probe, mount, named_port,
-    on_delete_daemon_set, read_only_mount, readiness_tolerations, secret_volume,
+    HOST_TO_CONTAINER, NODE_CRITICAL, config_map_volume, empty_dir_volume, env, env_from_field,
+    hardened, host_path_volume, http_probe, mount, named_port, on_delete_daemon_set,
+    read_only_mount, readiness_tolerations, secret_volume,
 };
 use super::{
     BuildError, Ctx, KERNEL_HEX, KMOD_COMPONENT, UnmappedKernel, kernel_label_value, short_hash,
@@ -186,7 +186,7 @@ fn container(ctx: &Ctx<'_>, volumes: &Volumes, image: &str) -> Container {
             env_from_field("NODE_NAME", "spec.nodeName"),
             env("KMOD_FS_TYPES", &kmod.in_use_filesystems.join(",")),
             env("KMOD_CSI_DRIVER_NAME", &ctx.spec.csi.driver_name),
-            env("KMOD_KUBELET_DIR", KUBELET_DIR),
+            env("KMOD_KUBELET_DIR", &ctx.spec.csi.kubelet_dir),
         ]),
         ports: Some(vec![named_port(HTTP_PORT_NAME, HTTP_PORT)]),
         readiness_probe: Some(http_probe("/readyz", HTTP_PORT_NAME)),
@@ -233,10 +233,12 @@ struct Volumes {
 
 impl Volumes {
     fn new(ctx: &Ctx<'_>) -> Result<Self, BuildError> {
+        // The guard must look where this group's kubelet publishes CSI targets.
+        let kubelet_dir = ctx.spec.csi.kubelet_dir.as_str();
         let mut volumes = vec![
             config_map_volume(CONFIG_VOLUME, &kmod_config_map_name(ctx.name, ctx.revision)),
             empty_dir_volume(RUN_VOLUME),
-            host_path_volume(KUBELET_VOLUME, KUBELET_DIR, "Directory"),
+            host_path_volume(KUBELET_VOLUME, kubelet_dir, "Directory"),
         ];
         let mut mounts = vec![
             read_only_mount(CONFIG_VOLUME, CONFIG_DIR),
@@ -244,7 +246,7 @@ impl Volumes {
             // The guard reads which CSI targets kubelet published.
             VolumeMount {
                 mount_propagation: Some(HOST_TO_CONTAINER.to_owned()),
-                ..read_only_mount(KUBELET_VOLUME, KUBELET_DIR)
+                ..read_only_mount(KUBELET_VOLUME, kubelet_dir)
             },
         ];
         let own = mounts.len();

@@ -13,10 +13,11 @@
 //! - `pod`: shapes shared by the pod templates (volumes, probes, tolerations).
 //!
 //! Ownership: every object carries an owner reference to its SR (controller, blocking
-//! deletion) except the Namespace, which may pre-exist and hold the user's ConfigMaps
-//! and Secrets, so it is never owned, and the CSIDriver, which SRs using the same driver
-//! name share: each of them is a (non-controller) owner, so the CSIDriver goes with the
-//! last one.
+//! deletion) except the Namespace, which holds the user's ConfigMaps and Secrets, so it
+//! is never owned (only marked as the SR's), and the CSIDriver, which SRs using the
+//! same driver name share: each of them is a (non-controller) owner, so the CSIDriver
+//! goes with the last one. Whether an existing namespace or CSIDriver may be used at
+//! all is decided before building, in [`crate::ownership`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,7 +31,9 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use crate::crd::{KernelStatus, SpecialResource, SpecialResourceSpec};
-use crate::labels::{COMPONENT_LABEL, KERNEL_LABEL, MANAGED_BY_LABEL, SR_LABEL};
+use crate::labels::{
+    COMPONENT_LABEL, KERNEL_LABEL, MANAGED_BY_LABEL, NAMESPACE_OF_ANNOTATION, SR_LABEL,
+};
 
 mod csi;
 mod kmod;
@@ -39,7 +42,7 @@ mod rbac;
 #[cfg(test)]
 mod tests;
 
-pub use csi::DEFAULT_CLASS_ANNOTATION;
+pub use csi::{DEFAULT_CLASS_ANNOTATION, EPHEMERAL_MODE, PERSISTENT_MODE};
 pub use kmod::{KMOD_CONFIG_KEY, kmod_config, kmod_config_map_name, kmod_daemon_set_name};
 pub use rbac::{
     BOUND_ROLES, KMOD_ROLE, OPERATOR_ACCOUNT, OPERATOR_ACCOUNT_NAMESPACE, OPERATOR_BINDING,
@@ -57,9 +60,12 @@ pub const CSI_NODE_COMPONENT: &str = "csi-node";
 pub const CSI_CONTROLLER_COMPONENT: &str = "csi-controller";
 /// [`COMPONENT_LABEL`] of the driver-wide objects: the CSIDriver and the StorageClass.
 pub const CSI_DRIVER_COMPONENT: &str = "csi-driver";
-/// Pod Security admission level of the SR's namespace: the driver container needs
+/// Pod Security admission label of the SR's namespace: the driver container needs
 /// host PID, host paths and added capabilities, the node plugin is privileged.
 pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+/// Value of [`POD_SECURITY_ENFORCE_LABEL`] the operator sets (and takes back when the
+/// SR goes).
+pub const POD_SECURITY_LEVEL: &str = "privileged";
 
 /// Longest label value (and DNS label).
 const LABEL_MAX: usize = 63;
@@ -401,9 +407,10 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// The SR's namespace: never owned (it may pre-exist with the user's ConfigMaps and
-/// Secrets, and deleting an SR must not delete them), and without the SR label, so
-/// that no cleanup by label can take it.
+/// The SR's namespace, marked as the SR's ([`NAMESPACE_OF_ANNOTATION`]): the controller
+/// creates or labels only a namespace so marked (see [`crate::ownership`]). Never owned
+/// (it holds the user's ConfigMaps and Secrets, and deleting an SR must not delete
+/// them), and without the SR label, so that no cleanup by label can take it.
 fn namespace(ctx: &Ctx<'_>) -> Namespace {
     Namespace {
         metadata: ObjectMeta {
@@ -412,9 +419,13 @@ fn namespace(ctx: &Ctx<'_>) -> Namespace {
                 (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
                 (
                     POD_SECURITY_ENFORCE_LABEL.to_owned(),
-                    "privileged".to_owned(),
+                    POD_SECURITY_LEVEL.to_owned(),
                 ),
             ])),
+            annotations: Some(BTreeMap::from([(
+                NAMESPACE_OF_ANNOTATION.to_owned(),
+                ctx.name.to_owned(),
+            )])),
             ..ObjectMeta::default()
         },
         ..Namespace::default()

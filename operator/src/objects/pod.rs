@@ -16,8 +16,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::Ctx;
 use crate::labels::{KMOD_READINESS_TAINT, READINESS_TAINT, RELEASE_LABEL, REVISION_LABEL};
 
-/// Kubelet's root directory on every node.
-pub(super) const KUBELET_DIR: &str = "/var/lib/kubelet";
 /// Mounts made on the host later (by kubelet, the CSI driver or afsd) appear in the
 /// container, and unmounts too: a private copy would pin AFS superblocks, and with them
 /// the module, after the host unmounted them.

@@ -43,7 +43,9 @@ fn spec() -> SpecialResourceSpec {
         "csi": {
             "image": "registry.example.com/afs-csi",
             "version": "1.2.0",
-            "mountOptions": ["context=system_u:object_r:container_file_t:s0"],
+            "allowedCells": ["example.com", "grand.central.org"],
+            "allowRootMounts": true,
+            "mountOptions": ["noexec"],
             "storageClass": {"name": "afs", "parameters": {"mount-type": "root"}, "isDefault": true}
         }
     }))
@@ -259,8 +261,21 @@ fn csi_driver_is_owned_by_every_sr_of_the_driver_alike() {
     assert_eq!(spec.requires_republish, Some(false));
     assert_eq!(
         spec.volume_lifecycle_modes.as_deref(),
-        Some(&["Persistent".to_owned(), "Ephemeral".to_owned()][..])
+        Some(&["Persistent".to_owned()][..]),
+        "no SR of the driver allows inline volumes: kubelet refuses them"
     );
+    // One SR of the driver allowing inline volumes is enough, whichever builds it.
+    let mut inline = sr_with("group-3", "uid-3", a.spec.clone());
+    inline.spec.csi.allow_ephemeral = true;
+    for (me, owners) in [(&a, [&a, &inline]), (&inline, [&inline, &a])] {
+        assert_eq!(
+            build_for(me, &owners[..])
+                .spec
+                .volume_lifecycle_modes
+                .as_deref(),
+            Some(&["Persistent".to_owned(), "Ephemeral".to_owned()][..])
+        );
+    }
 
     let mut other = spec_with(|s| s.csi.driver_name = "other.csi.example.com".to_owned());
     other.metadata.uid = Some("uid-3".to_owned());
@@ -433,6 +448,32 @@ fn invalid_mappings_name_the_field() {
     );
 }
 
+/// The settings added with the node plugin's security flags are left out of the spec's
+/// JSON at their defaults, so an unchanged spec keeps its revision (and its nodes are
+/// not drained) across the operator upgrade that added them.
+#[test]
+fn new_settings_at_their_defaults_leave_the_revision_alone() {
+    let mut at_defaults = spec();
+    at_defaults.csi.allow_root_mounts = false;
+    // Empty only in an SR stored before the field existed (admission requires it).
+    at_defaults.csi.allowed_cells.clear();
+    let json = serde_json::to_value(&at_defaults.csi).expect("json");
+    for key in [
+        "kubeletDir",
+        "allowedCells",
+        "allowRootMounts",
+        "allowEphemeral",
+    ] {
+        assert!(json.get(key).is_none(), "{key} serialized at its default");
+    }
+    let mut set = at_defaults.clone();
+    set.csi.kubelet_dir = "/var/lib/kubelet/".to_owned();
+    set.csi.allow_root_mounts = true;
+    let json = serde_json::to_value(&set.csi).expect("json");
+    assert_eq!(json["kubeletDir"], "/var/lib/kubelet/");
+    assert_eq!(json["allowRootMounts"], true);
+}
+
 #[test]
 fn revision_follows_node_specs_only() {
     let base = spec();
@@ -463,6 +504,14 @@ fn revision_follows_node_specs_only() {
         ("csi.sidecars.nodeDriverRegistrar", |s| {
             s.csi.sidecars.node_driver_registrar.push('1')
         }),
+        ("csi.kubeletDir", |s| {
+            s.csi.kubelet_dir = "/data/kubelet".to_owned()
+        }),
+        ("csi.allowedCells", |s| {
+            s.csi.allowed_cells.pop().map(drop).unwrap_or_default()
+        }),
+        ("csi.allowRootMounts", |s| s.csi.allow_root_mounts = false),
+        ("csi.allowEphemeral", |s| s.csi.allow_ephemeral = true),
     ] {
         assert_ne!(changed(f), rev, "{what} must roll nodes");
     }
@@ -1000,6 +1049,10 @@ fn csi_node_plugin() {
         ("CSI_ENDPOINT", "unix:///csi/csi.sock"),
         ("CSI_DRIVER_NAME", crate::crd::DEFAULT_DRIVER_NAME),
         ("CSI_AFS_ROOT", "/afs"),
+        ("CSI_KUBELET_DIR", "/var/lib/kubelet"),
+        ("CSI_ALLOWED_CELLS", "example.com,grand.central.org"),
+        ("CSI_ALLOW_ROOT_MOUNTS", "true"),
+        ("CSI_ALLOW_EPHEMERAL", "false"),
         ("RUST_LOG", "info"),
     ] {
         assert_eq!(env_value(driver, name), Some(value), "{name}");
@@ -1015,7 +1068,7 @@ fn csi_node_plugin() {
     assert!(
         !serde_json::to_string(driver)
             .expect("json")
-            .contains("context="),
+            .contains("noexec"),
         "mount options are not a driver flag"
     );
     let probe = driver
@@ -1096,6 +1149,80 @@ fn csi_node_plugin() {
     }
 }
 
+/// `csi.kubeletDir` moves every kubelet path of the node pods (plugin socket,
+/// registration, pod volumes, the guard's view of CSI targets); the other security
+/// settings reach the driver as its environment.
+#[test]
+fn node_pods_follow_the_kubelet_dir_and_the_security_settings() {
+    let custom = spec_with(|s| {
+        s.csi.kubelet_dir = "/data/kubelet".to_owned();
+        s.csi.allowed_cells = vec!["*".to_owned()];
+        s.csi.allow_root_mounts = false;
+        s.csi.allow_ephemeral = true;
+    });
+    let d = build_with(&custom, &kernels(), false);
+    let pod = pod_spec(&d.csi_node_daemon_set);
+    let host_paths: Vec<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.host_path.as_ref())
+        .map(|h| h.path.as_str())
+        .filter(|p| p.contains("kubelet"))
+        .collect();
+    assert_eq!(
+        host_paths,
+        [
+            "/data/kubelet/plugins/auristorfs.csi.auristor.com",
+            "/data/kubelet",
+            "/data/kubelet/plugins_registry"
+        ]
+    );
+    let driver = container(pod, "csi-driver");
+    for (name, value) in [
+        ("CSI_KUBELET_DIR", "/data/kubelet"),
+        ("CSI_ALLOWED_CELLS", "*"),
+        ("CSI_ALLOW_ROOT_MOUNTS", "false"),
+        ("CSI_ALLOW_EPHEMERAL", "true"),
+    ] {
+        assert_eq!(env_value(driver, name), Some(value), "{name}");
+    }
+    assert!(
+        driver
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/data/kubelet"
+                && m.mount_propagation.as_deref() == Some("Bidirectional"))
+    );
+    let registrar = container(pod, "node-driver-registrar");
+    assert!(
+        registrar.args.iter().flatten().any(|a| a
+            == "--kubelet-registration-path=/data/kubelet/plugins/auristorfs.csi.auristor.com/csi.sock"),
+        "{:?}",
+        registrar.args
+    );
+    let kmod = pod_spec(d.kmod_daemon_sets.first().expect("a kmod DaemonSet"));
+    let kmod_container = container(kmod, "kmod-manager");
+    assert_eq!(
+        env_value(kmod_container, "KMOD_KUBELET_DIR"),
+        Some("/data/kubelet")
+    );
+    assert!(
+        kmod.volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.host_path.as_ref())
+            .any(|h| h.path == "/data/kubelet")
+    );
+    let all = serde_json::to_string(&d.kmod_daemon_sets).expect("json")
+        + &serde_json::to_string(&d.csi_node_daemon_set).expect("json");
+    assert!(
+        !all.contains("/var/lib/kubelet"),
+        "no fixed kubelet path left"
+    );
+}
+
 #[test]
 fn csi_controller_is_non_root() {
     let d = desired();
@@ -1147,7 +1274,7 @@ fn storage_class_carries_mount_options() {
     assert_eq!(class.provisioner, crate::crd::DEFAULT_DRIVER_NAME);
     assert_eq!(
         class.mount_options.as_deref(),
-        Some(&["context=system_u:object_r:container_file_t:s0".to_owned()][..])
+        Some(&["noexec".to_owned()][..])
     );
     assert_eq!(
         class
