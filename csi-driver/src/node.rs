@@ -388,11 +388,9 @@ fn unpublish(config: &NodeConfig, target: &Target) -> Result<usize, NodeError> {
         "clean up beside {}",
         target.path().display()
     )))?;
-    let afs_root_device = config
-        .afs_root
-        .open()
-        .ok()
-        .and_then(|root| mounts::device_of(root.as_fd()).ok());
+    // Only needed for a mount that is not an afs filesystem itself (a bind of an AFS
+    // root of another type); looked up once, and not at all otherwise.
+    let mut afs_root_device: Option<Option<String>> = None;
     let mut removed = 0;
     loop {
         let Some(dir) = open_target_dir(target, parent.as_fd()).map_err(|e| match e {
@@ -410,7 +408,20 @@ fn unpublish(config: &NodeConfig, target: &Target) -> Result<usize, NodeError> {
         else {
             break;
         };
-        if !is_ours(&entry, afs_root_device.as_deref()) {
+        let device = if entry.fs_type == AFS_FS_TYPE {
+            None
+        } else {
+            afs_root_device
+                .get_or_insert_with(|| {
+                    config
+                        .afs_root
+                        .open()
+                        .ok()
+                        .and_then(|root| mounts::device_of(root.as_fd()).ok())
+                })
+                .as_deref()
+        };
+        if !is_ours(&entry, device) {
             return Err(NodeError::NotOurs {
                 target: target.path().to_path_buf(),
                 existing: entry.describe(),

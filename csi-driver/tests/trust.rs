@@ -43,8 +43,7 @@ fn mount_options(path: &Path) -> Option<String> {
     fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
-        .filter(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
-        .last()
+        .rfind(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
         .and_then(|line| line.split(' ').nth(5).map(str::to_owned))
 }
 
