@@ -130,15 +130,19 @@ publish() { t=$1 v=$2; shift 2; show csi-bench --endpoint $EP publish --volume-i
 unpublish() { show csi-bench --endpoint $EP unpublish --volume-id "$2" --target "$1"; }
 is_mounted() { grep -q " $1 " /proc/mounts; }
 # refused OUT GREP CSI-BENCH-ARGS...: the call fails and its message matches GREP.
-refused() { out=$1 pattern=$2; shift 2; ! csi-bench --endpoint $EP "$@" >"$out" 2>&1 && grep -q "$pattern" "$out"; }
+# (Helpers called through check use locals: check keeps its description in $d.)
+refused() {
+    local out=$1 pattern=$2; shift 2
+    ! csi-bench --endpoint $EP "$@" >"$out" 2>&1 && grep -q "$pattern" "$out"
+}
 # mounts_under DIR: "mount-point options" of every mount at or below DIR.
 mounts_under() { awk -v d="$1" '$2 == d || index($2, d "/") == 1 {print $2, $4}' /proc/mounts; }
 # all_mounts_have DIR OPT...: every mount at or below DIR carries every OPT.
 all_mounts_have() {
-    d=$1; shift
-    [ -n "$(mounts_under "$d")" ] || return 1
-    for o in "$@"; do
-        mounts_under "$d" | awk -v o="$o" '{n = split($2, a, ","); f = 0; for (i = 1; i <= n; i++) if (a[i] == o) f = 1; if (!f) exit 1}' || return 1
+    local dir=$1 opt; shift
+    [ -n "$(mounts_under "$dir")" ] || return 1
+    for opt in "$@"; do
+        mounts_under "$dir" | awk -v o="$opt" '{n = split($2, a, ","); f = 0; for (i = 1; i <= n; i++) if (a[i] == o) f = 1; if (!f) exit 1}' || return 1
     done
 }
 # writes_refused_erofs FILE: a write fails with EROFS (Read-only file system).
