@@ -79,4 +79,22 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9808).
     #[arg(long, env = "CSI_METRICS_ADDRESS")]
     pub metrics_address: Option<SocketAddr>,
+
+    /// kubelet's root directory (its `--root-dir`): publish, unpublish and stats act
+    /// only on `<dir>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`.
+    #[arg(long, env = "CSI_KUBELET_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: PathBuf,
+
+    /// Cells whose volumes may be published, comma-separated; `*` allows every cell.
+    /// Empty (the default): no `mount-type: volume` publish is allowed.
+    #[arg(long, env = "CSI_ALLOWED_CELLS", value_delimiter = ',')]
+    pub allowed_cells: Vec<String>,
+
+    /// Allow `mount-type: root` publishes (the whole AFS namespace, every cell).
+    #[arg(long, env = "CSI_ALLOW_ROOT_MOUNTS")]
+    pub allow_root_mounts: bool,
+
+    /// Allow CSI ephemeral inline volumes (any pod creator can ask for one).
+    #[arg(long, env = "CSI_ALLOW_EPHEMERAL")]
+    pub allow_ephemeral: bool,
 }

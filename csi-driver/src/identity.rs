@@ -1,8 +1,7 @@
 //! The CSI Identity service.
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use csi_proto::v1::identity_server::Identity;
@@ -14,6 +13,8 @@ use csi_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
+use crate::afsroot::AfsRoot;
+use crate::checks::BoundedChecks;
 use crate::config::CacheManager;
 
 /// A Probe that waits longer than this for the AFS root reports it unusable.
@@ -21,20 +22,30 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct IdentityService {
-    pub driver_name: String,
-    pub cache_manager: CacheManager,
-    pub serves_controller: bool,
+    driver_name: String,
+    cache_manager: CacheManager,
+    serves_controller: bool,
     /// Checked by Probe when this process publishes volumes.
-    pub afs_root: Option<PathBuf>,
+    afs_root: Option<AfsRoot>,
+    /// One check of the AFS root at a time: probes while it hangs share its answer
+    /// instead of each leaving a thread behind.
+    probes: Arc<BoundedChecks<Result<(), String>>>,
 }
 
-/// The AFS root is usable when it is a directory that can be listed.
-fn check_afs_root(root: &Path) -> Result<(), String> {
-    let mut entries =
-        fs::read_dir(root).map_err(|e| format!("AFS root {}: {e}", root.display()))?;
-    match entries.next() {
-        Some(Err(e)) => Err(format!("AFS root {}: {e}", root.display())),
-        _ => Ok(()),
+impl IdentityService {
+    pub fn new(
+        driver_name: String,
+        cache_manager: CacheManager,
+        serves_controller: bool,
+        afs_root: Option<AfsRoot>,
+    ) -> Self {
+        Self {
+            driver_name,
+            cache_manager,
+            serves_controller,
+            afs_root,
+            probes: BoundedChecks::new(1),
+        }
     }
 }
 
@@ -74,15 +85,14 @@ impl Identity for IdentityService {
         _request: Request<ProbeRequest>,
     ) -> Result<Response<ProbeResponse>, Status> {
         if let Some(root) = self.afs_root.clone() {
-            let check = tokio::task::spawn_blocking(move || check_afs_root(&root));
-            let verdict = match tokio::time::timeout(PROBE_TIMEOUT, check).await {
-                Ok(Ok(verdict)) => verdict,
-                Ok(Err(join)) => Err(format!("probe worker failed: {join}")),
-                Err(_) => Err(format!(
-                    "AFS root did not answer within {}s",
-                    PROBE_TIMEOUT.as_secs()
-                )),
-            };
+            let shown = root.path().display().to_string();
+            let verdict = self
+                .probes
+                .run("afs-root", PROBE_TIMEOUT, move || {
+                    root.check().map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|unanswered| Err(format!("AFS root {shown}: {unanswered}")));
             if let Err(reason) = verdict {
                 warn!(%reason, "probe failed");
                 return Err(Status::failed_precondition(reason));

@@ -2,7 +2,9 @@
 //! AFS namespace (`mount-type: root`) into pods, for AuriStorFS, OpenAFS and
 //! the in-kernel kAFS client.
 
+pub mod afsroot;
 pub mod capability;
+pub mod checks;
 pub mod config;
 pub mod controller;
 pub mod identity;
@@ -11,7 +13,9 @@ pub mod metrics;
 pub mod mounts;
 pub mod node;
 pub mod plan;
+pub mod policy;
 pub mod server;
+pub mod target;
 pub mod volume;
 
 /// Turns a handler's result into the gRPC answer, logging refusals by RPC

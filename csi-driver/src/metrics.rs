@@ -70,16 +70,47 @@ impl RpcMetrics {
     }
 }
 
-/// The method label: the RPC name for CSI paths, "other" for anything else
-/// so a client cannot grow the label set without bound.
+/// Every RPC of the CSI services this driver serves, by gRPC path.
+const CSI_METHODS: &[(&str, &str)] = &[
+    ("Identity", "GetPluginInfo"),
+    ("Identity", "GetPluginCapabilities"),
+    ("Identity", "Probe"),
+    ("Controller", "CreateVolume"),
+    ("Controller", "DeleteVolume"),
+    ("Controller", "ControllerPublishVolume"),
+    ("Controller", "ControllerUnpublishVolume"),
+    ("Controller", "ValidateVolumeCapabilities"),
+    ("Controller", "ListVolumes"),
+    ("Controller", "GetCapacity"),
+    ("Controller", "ControllerGetCapabilities"),
+    ("Controller", "CreateSnapshot"),
+    ("Controller", "DeleteSnapshot"),
+    ("Controller", "ListSnapshots"),
+    ("Controller", "ControllerExpandVolume"),
+    ("Controller", "ControllerGetVolume"),
+    ("Controller", "ControllerModifyVolume"),
+    ("Node", "NodeStageVolume"),
+    ("Node", "NodeUnstageVolume"),
+    ("Node", "NodePublishVolume"),
+    ("Node", "NodeUnpublishVolume"),
+    ("Node", "NodeGetVolumeStats"),
+    ("Node", "NodeExpandVolume"),
+    ("Node", "NodeGetCapabilities"),
+    ("Node", "NodeGetInfo"),
+];
+
+/// The method label: a known CSI RPC name, "other" for any other path, so that no
+/// client can grow the label set (and the process's memory) without bound.
 fn method_label(path: &str) -> String {
-    match path
+    let known = path
         .strip_prefix("/csi.v1.")
         .and_then(|rest| rest.split_once('/'))
-    {
-        Some((_, method)) if !method.is_empty() && method.len() <= 64 => method.to_owned(),
-        _ => "other".to_owned(),
-    }
+        .and_then(|(service, method)| {
+            CSI_METHODS
+                .iter()
+                .find(|(s, m)| *s == service && *m == method)
+        });
+    known.map_or("other", |(_, method)| method).to_owned()
 }
 
 #[derive(Debug, Clone)]
@@ -149,8 +180,13 @@ mod tests {
             method_label("/csi.v1.Node/NodePublishVolume"),
             "NodePublishVolume"
         );
+        assert_eq!(method_label("/csi.v1.Identity/Probe"), "Probe");
         assert_eq!(method_label("/grpc.health.v1.Health/Check"), "other");
         assert_eq!(method_label("/csi.v1.Node/"), "other");
+        // Made-up methods of real services, and RPCs under the wrong service.
+        assert_eq!(method_label("/csi.v1.Node/NoSuchMethod0001"), "other");
+        assert_eq!(method_label("/csi.v1.Identity/NodePublishVolume"), "other");
+        assert_eq!(method_label("/csi.v1.Made/Up"), "other");
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! Where a mount comes from: a pure function of the cache manager, the AFS
-//! root and the volume spec.
+//! root, the volume spec and the capability's mount options.
 
 use std::path::{Path, PathBuf};
 
+use crate::capability::MountOptions;
 use crate::config::CacheManager;
-use crate::volume::{VolumeKind, VolumeSpec};
+use crate::volume::{InvalidField, VolumeKind, VolumeSpec};
 
 /// The filesystem type kAFS registers.
 pub const AFS_FS_TYPE: &str = "afs";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountSource {
-    /// Bind an existing directory; `recursive` carries its submounts along.
+    /// Bind a directory of the AFS root (`path` is below it, or it); `recursive`
+    /// carries its submounts along.
     Bind { path: PathBuf, recursive: bool },
     /// Mount a new `afs` filesystem (kAFS) from a `#cell:volume` device.
     Afs { device: String },
@@ -20,18 +22,27 @@ pub enum MountSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPlan {
     pub source: MountSource,
-    pub read_only: bool,
+    /// The attributes asked for; `read_only` also when the spec forces it.
+    pub options: MountOptions,
 }
 
-/// Builds the plan. `read_only` is what the request asks for (the CSI
-/// `readonly` field or a reader-only access mode); the spec may force it too.
+impl MountPlan {
+    pub fn read_only(&self) -> bool {
+        self.options.read_only
+    }
+}
+
+/// Builds the plan. `options` is what the request asks for (the CSI `readonly`
+/// field, a reader-only access mode, mount flags); the spec may force read-only.
+/// An SELinux `context=` can only be given to a new filesystem mount: a bind shows
+/// the labels of the AFS root's own mount.
 pub fn plan_mount(
     cache_manager: CacheManager,
     afs_root: &Path,
     spec: &VolumeSpec,
-    read_only: bool,
-) -> MountPlan {
-    let read_only = read_only || spec.read_only();
+    options: &MountOptions,
+) -> Result<MountPlan, InvalidField> {
+    let read_only = options.read_only || spec.read_only();
     let source = match (spec, cache_manager) {
         (VolumeSpec::Root { .. }, _) => MountSource::Bind {
             path: afs_root.to_path_buf(),
@@ -58,7 +69,21 @@ pub fn plan_mount(
             }
         }
     };
-    MountPlan { source, read_only }
+    if options.selinux_context.is_some() && matches!(source, MountSource::Bind { .. }) {
+        return Err(InvalidField::new(
+            "volume_capability.mount.mount_flags",
+            format!(
+                "context= applies only to kafs volume mounts (a new afs filesystem); a bind of the AFS root (cache manager {cache_manager}, or mount-type root) shows the labels of the AFS root's own mount: give the context to that mount instead"
+            ),
+        ));
+    }
+    Ok(MountPlan {
+        source,
+        options: MountOptions {
+            read_only,
+            ..options.clone()
+        },
+    })
 }
 
 #[cfg(test)]
@@ -74,53 +99,58 @@ mod tests {
         }
     }
 
+    fn ro(read_only: bool) -> MountOptions {
+        MountOptions {
+            read_only,
+            ..MountOptions::default()
+        }
+    }
+
+    fn plan(cm: CacheManager, spec: &VolumeSpec, read_only: bool) -> MountPlan {
+        plan_mount(cm, Path::new("/afs"), spec, &ro(read_only)).expect("plans")
+    }
+
     fn bind(path: &str, recursive: bool, read_only: bool) -> MountPlan {
         MountPlan {
             source: MountSource::Bind {
                 path: path.into(),
                 recursive,
             },
-            read_only,
+            options: ro(read_only),
         }
     }
 
     #[test]
     fn per_cache_manager() {
-        let root = Path::new("/afs");
         let vol = volume("proj", false);
         assert_eq!(
-            plan_mount(CacheManager::Auristor, root, &vol, false),
+            plan(CacheManager::Auristor, &vol, false),
             bind("/afs/.@mount/example.org/proj", false, false)
         );
         assert_eq!(
-            plan_mount(CacheManager::Openafs, root, &vol, true),
+            plan(CacheManager::Openafs, &vol, true),
             bind("/afs/.:mount/example.org:proj", false, true)
         );
         let afs = |device: &str, read_only| MountPlan {
             source: MountSource::Afs {
                 device: device.into(),
             },
-            read_only,
+            options: ro(read_only),
         };
         assert_eq!(
-            plan_mount(CacheManager::Kafs, root, &vol, false),
+            plan(CacheManager::Kafs, &vol, false),
             afs("%example.org:proj", false)
         );
         assert_eq!(
-            plan_mount(CacheManager::Kafs, root, &vol, true),
+            plan(CacheManager::Kafs, &vol, true),
             afs("#example.org:proj", true)
         );
         assert_eq!(
-            plan_mount(
-                CacheManager::Kafs,
-                root,
-                &volume("proj.readonly", false),
-                false
-            ),
+            plan(CacheManager::Kafs, &volume("proj.readonly", false), false),
             afs("#example.org:proj.readonly", true)
         );
         assert_eq!(
-            plan_mount(CacheManager::Kafs, root, &volume("proj", true), false),
+            plan(CacheManager::Kafs, &volume("proj", true), false),
             afs("#example.org:proj", true)
         );
     }
@@ -133,14 +163,35 @@ mod tests {
             CacheManager::Kafs,
         ] {
             assert_eq!(
-                plan_mount(
-                    cm,
-                    Path::new("/afs"),
-                    &VolumeSpec::Root { read_only: true },
-                    false
-                ),
+                plan(cm, &VolumeSpec::Root { read_only: true }, false),
                 bind("/afs", true, true)
             );
+        }
+    }
+
+    #[test]
+    fn selinux_context_only_for_new_afs_mounts() {
+        let labelled = MountOptions {
+            selinux_context: Some("system_u:object_r:container_file_t:s0".into()),
+            no_exec: true,
+            ..MountOptions::default()
+        };
+        let kafs = plan_mount(
+            CacheManager::Kafs,
+            Path::new("/afs"),
+            &volume("proj", false),
+            &labelled,
+        )
+        .expect("kafs volume mounts take it");
+        assert_eq!(kafs.options.selinux_context, labelled.selinux_context);
+        assert!(kafs.options.no_exec);
+        for (cm, spec) in [
+            (CacheManager::Auristor, volume("proj", false)),
+            (CacheManager::Openafs, volume("proj", false)),
+            (CacheManager::Kafs, VolumeSpec::Root { read_only: false }),
+        ] {
+            let err = plan_mount(cm, Path::new("/afs"), &spec, &labelled).expect_err("a bind");
+            assert_eq!(err.field, "volume_capability.mount.mount_flags", "{cm}");
         }
     }
 }

@@ -16,11 +16,16 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
+use crate::afsroot::AfsRoot;
 use crate::config::Args;
 use crate::controller::ControllerService;
 use crate::identity::IdentityService;
 use crate::metrics::{RpcMetrics, RpcMetricsLayer};
-use crate::node::NodeService;
+use crate::mounts::Staging;
+use crate::node::{NodeConfig, NodeService};
+use crate::policy::{AllowedCells, Policy};
+use crate::target::KubeletDir;
+use crate::volume::InvalidField;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -31,6 +36,8 @@ pub enum ServeError {
     Endpoint(String),
     #[error("--driver-name {0:?}: {1}")]
     DriverName(String, &'static str),
+    #[error(transparent)]
+    Flag(#[from] InvalidField),
     #[error("socket {}: another process is serving on it", .0.display())]
     SocketInUse(PathBuf),
     #[error("socket {}: exists and is not a socket; refusing to remove it", .0.display())]
@@ -153,24 +160,45 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             .into_owned(),
     };
 
-    let mut registry = Registry::default();
-    let metrics = RpcMetrics::register(&mut registry);
-    let identity = IdentityService {
+    let afs_root = AfsRoot::new(args.afs_root.clone(), args.cache_manager);
+    let policy = Policy {
+        allowed_cells: AllowedCells::parse(&args.allowed_cells)?,
+        allow_root_mounts: args.allow_root_mounts,
+        allow_ephemeral: args.allow_ephemeral,
+    };
+    let node = NodeConfig {
+        node_id: node_id.clone(),
         driver_name: args.driver_name.clone(),
         cache_manager: args.cache_manager,
-        serves_controller: args.mode.serves_controller(),
-        afs_root: args.mode.serves_node().then(|| args.afs_root.clone()),
+        afs_root: afs_root.clone(),
+        kubelet: KubeletDir::new(&args.kubelet_dir)?,
+        policy: policy.clone(),
+        // Beside the socket: a directory of the driver's own, never under kubelet's
+        // shared tree (see Staging).
+        staging: Staging::new(
+            socket
+                .parent()
+                .unwrap_or_else(|| Path::new("/"))
+                .join(".staging"),
+        ),
     };
+
+    let mut registry = Registry::default();
+    let metrics = RpcMetrics::register(&mut registry);
+    let identity = IdentityService::new(
+        args.driver_name.clone(),
+        args.cache_manager,
+        args.mode.serves_controller(),
+        args.mode.serves_node().then(|| afs_root.clone()),
+    );
     let router = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer(metrics))
         .add_service(IdentityServer::new(identity))
-        .add_optional_service(args.mode.serves_node().then(|| {
-            NodeServer::new(NodeService::new(
-                node_id.clone(),
-                args.cache_manager,
-                args.afs_root.clone(),
-            ))
-        }))
+        .add_optional_service(
+            args.mode
+                .serves_node()
+                .then(|| NodeServer::new(NodeService::new(node))),
+        )
         .add_optional_service(
             args.mode
                 .serves_controller()
@@ -185,6 +213,10 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         node_id = %node_id,
         cache_manager = %args.cache_manager,
         afs_root = %args.afs_root.display(),
+        kubelet_dir = %args.kubelet_dir.display(),
+        allowed_cells = %policy.allowed_cells,
+        allow_root_mounts = policy.allow_root_mounts,
+        allow_ephemeral = policy.allow_ephemeral,
         version = env!("CARGO_PKG_VERSION"),
         "serving CSI"
     );

@@ -324,7 +324,9 @@ async fn metrics_count_rpcs_by_method_and_code() {
     }
     let fixture = Fixture::new();
     let address = format!("127.0.0.1:{}", free_port());
-    let driver = Driver::start_with(&fixture, &["--metrics-address", &address]).await;
+    let mut args = vec!["--metrics-address", address.as_str()];
+    args.extend(OPEN_POLICY);
+    let driver = Driver::start_with(&fixture, &args).await;
     let target = fixture.target("metrics");
     driver
         .node()
@@ -342,12 +344,32 @@ async fn metrics_count_rpcs_by_method_and_code() {
         .await
         .expect("unpublish");
 
-    let mut stream = std::net::TcpStream::connect(&address).expect("metrics port");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
+    // A client calling made-up methods cannot grow the label set.
+    let mut grpc = tonic::client::Grpc::new(driver.channel.clone());
+    for i in 0..400 {
+        grpc.ready().await.expect("ready");
+        let path = format!("/csi.v1.Node/NoSuchMethod{i:04}")
+            .parse()
+            .expect("path");
+        let status = grpc
+            .unary(
+                tonic::Request::new(ProbeRequest {}),
+                path,
+                tonic_prost::ProstCodec::<ProbeRequest, ProbeResponse>::default(),
+            )
+            .await
+            .expect_err("unknown method");
+        assert_eq!(status.code(), Code::Unimplemented);
+    }
+
+    let body = scrape(&address);
+    assert!(
+        body.contains(r#"csi_rpc_requests_total{method="other",code="Unimplemented"} 400"#),
+        "{body}"
+    );
+    assert!(!body.contains("NoSuchMethod"), "{body}");
+    eprintln!("/metrics after 400 unknown methods: {} bytes", body.len());
+    assert!(body.len() < 16 * 1024, "{} bytes", body.len());
     for expected in [
         r#"csi_rpc_requests_total{method="NodePublishVolume",code="Ok"} 1"#,
         r#"csi_rpc_requests_total{method="NodePublishVolume",code="InvalidArgument"} 1"#,
@@ -355,4 +377,14 @@ async fn metrics_count_rpcs_by_method_and_code() {
     ] {
         assert!(body.contains(expected), "{expected} in:\n{body}");
     }
+}
+
+fn scrape(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    body
 }

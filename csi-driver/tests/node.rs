@@ -10,25 +10,21 @@ use csi_proto::v1::volume_capability::{AccessType, BlockVolume, access_mode::Mod
 use csi_proto::v1::{NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest};
 use tonic::Code;
 
+/// A volume and the root, published over a stand-in AFS root. (The AFS roots of
+/// openafs and kafs must be the AFS filesystem, which this host cannot mount: the VM
+/// scenarios publish those for real.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_read_unpublish_for_every_cache_manager() {
+async fn publish_read_unpublish_volume_and_root() {
     if !can_mount() {
         return;
     }
     let cases = [
         ("auristor", volume_attrs(), "hello.txt".to_owned()),
-        ("openafs", volume_attrs(), "hello.txt".to_owned()),
         (
             "auristor",
             root_attrs(),
             format!("{CELL}/{VOLUME}/hello.txt"),
         ),
-        (
-            "openafs",
-            root_attrs(),
-            format!("{CELL}/{VOLUME}/hello.txt"),
-        ),
-        ("kafs", root_attrs(), format!("{CELL}/{VOLUME}/hello.txt")),
     ];
     for (cache_manager, context, file) in cases {
         let fixture = Fixture::new();
@@ -96,11 +92,14 @@ async fn publish_is_idempotent_and_conflicts_are_refused() {
     node.node_unpublish_volume(unpublish(&never))
         .await
         .expect("unpublish of a missing target: OK");
-    fs::create_dir(&never).expect("plain dir");
+    fs::create_dir(&never).expect("kubelet's own directory");
     node.node_unpublish_volume(unpublish(&never))
         .await
         .expect("unpublish of an unmounted target: OK");
-    assert!(!never.exists(), "unmounted target directory removed too");
+    assert!(
+        never.is_dir(),
+        "a directory the driver did not create is never removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +108,7 @@ async fn read_only_publish_refuses_writes() {
         return;
     }
     let fixture = Fixture::new();
-    let driver = Driver::start(&fixture, "openafs", "node").await;
+    let driver = Driver::start(&fixture, "auristor", "node").await;
     let mut node = driver.node();
 
     let by_flag = fixture.target("flag");
@@ -147,7 +146,7 @@ async fn read_only_publish_refuses_writes() {
     fs::write(
         fixture
             .afs_root()
-            .join(format!(".:mount/{CELL}:{VOLUME}/other.txt")),
+            .join(format!(".@mount/{CELL}/{VOLUME}/other.txt")),
         "x",
     )
     .expect("source still writable");
@@ -201,6 +200,24 @@ async fn bad_input_names_the_field_and_leaves_nothing() {
     relative.target_path = "pods/bad/mount".into();
     let mut dotdot = publish(&target, volume_attrs(), false);
     dotdot.target_path = format!("{}/../escape", target.display());
+    let mut outside = publish(&target, volume_attrs(), false);
+    outside.target_path = fixture.dir.path().join("etc").display().to_string();
+    let mut bad_flag = publish(&target, volume_attrs(), false);
+    if let Some(AccessType::Mount(mount)) = bad_flag
+        .volume_capability
+        .as_mut()
+        .and_then(|c| c.access_type.as_mut())
+    {
+        mount.mount_flags = vec!["sync".into()];
+    }
+    let mut bind_context = publish(&target, volume_attrs(), false);
+    if let Some(AccessType::Mount(mount)) = bind_context
+        .volume_capability
+        .as_mut()
+        .and_then(|c| c.access_type.as_mut())
+    {
+        mount.mount_flags = vec!["context=system_u:object_r:container_file_t:s0".into()];
+    }
     let mut no_capability = publish(&target, volume_attrs(), false);
     no_capability.volume_capability = None;
     let mut block = publish(&target, volume_attrs(), false);
@@ -213,6 +230,9 @@ async fn bad_input_names_the_field_and_leaves_nothing() {
         (no_target, "target_path"),
         (relative, "target_path"),
         (dotdot, "target_path"),
+        (outside, "target_path"),
+        (bad_flag, "volume_capability.mount.mount_flags"),
+        (bind_context, "volume_capability.mount.mount_flags"),
         (no_capability, "volume_capability"),
         (block, "volume_capability"),
         (with(&[]), "mount-type"),
@@ -540,7 +560,7 @@ async fn target_parent_must_exist() {
     }
     let fixture = Fixture::new();
     let driver = Driver::start(&fixture, "auristor", "node").await;
-    let orphan = fixture.dir.path().join("no-parent").join("mount");
+    let orphan = fixture.volume_dir("no-parent").join("mount");
     let status = driver
         .node()
         .node_publish_volume(publish(&orphan, volume_attrs(), false))
@@ -548,7 +568,7 @@ async fn target_parent_must_exist() {
         .expect_err("parent missing");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(
-        fs::metadata(fixture.dir.path().join("no-parent"))
+        fs::metadata(fixture.volume_dir("no-parent"))
             .map_err(|e| e.kind())
             .expect_err("nothing created"),
         ErrorKind::NotFound
@@ -556,7 +576,7 @@ async fn target_parent_must_exist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn root_with_submounts_is_detached_on_unpublish() {
+async fn root_with_submounts_is_unmounted_whole_and_never_detached_while_in_use() {
     if !can_mount() {
         return;
     }
@@ -574,16 +594,16 @@ async fn root_with_submounts_is_detached_on_unpublish() {
     .expect("tmpfs submount");
     fs::write(automounted.join("inner.txt"), "inner").expect("file in submount");
 
-    let driver = Driver::start(&fixture, "kafs", "node").await;
+    let driver = Driver::start(&fixture, "auristor", "node").await;
     let target = fixture.target("root");
     driver
         .node()
         .node_publish_volume(publish(&target, root_attrs(), false))
         .await
         .expect("publish root");
-    let inner = target.join(CELL).join("automounted").join("inner.txt");
+    let inner = target.join(CELL).join("automounted");
     assert_eq!(
-        fs::read_to_string(&inner).expect("submount visible"),
+        fs::read_to_string(inner.join("inner.txt")).expect("submount visible"),
         "inner"
     );
     // A plain unmount is refused while the submount hangs below the target.
@@ -592,11 +612,32 @@ async fn root_with_submounts_is_detached_on_unpublish() {
         Err(nix::errno::Errno::EBUSY)
     );
 
+    // A process working in the submount: the mount stays, whole, and the caller
+    // hears why (a detached mount would still be used, unseen by everyone).
+    let mut holder = std::process::Command::new("sleep")
+        .arg("600")
+        .current_dir(&inner)
+        .spawn()
+        .expect("a process in the volume");
+    let status = driver
+        .node()
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect_err("busy");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("busy"), "{status:?}");
+    assert_eq!(
+        fs::read_to_string(inner.join("inner.txt")).expect("still mounted, not detached"),
+        "inner"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+
     driver
         .node()
         .node_unpublish_volume(unpublish(&target))
         .await
-        .expect("unpublish detaches");
+        .expect("unpublish once nothing uses it");
     assert!(!target.exists());
     let left: Vec<_> = fixture
         .mounts_below()

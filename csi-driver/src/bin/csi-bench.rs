@@ -113,6 +113,9 @@ struct VolumeArgs {
     readonly: bool,
     #[arg(long, value_enum, default_value_t = Access::MultiNodeMultiWriter)]
     access_mode: Access,
+    /// Mount option of the capability (repeatable), e.g. noexec.
+    #[arg(long = "mount-flag")]
+    mount_flags: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -123,7 +126,9 @@ struct RunArgs {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Parent of the per-worker target directories (created, then removed).
+    /// A kubelet directory: worker i publishes on
+    /// `<dir>/pods/csi-bench/volumes/kubernetes.io~csi/w<i>/mount`, as kubelet would
+    /// (the driver's --kubelet-dir). The volume directories are created, then removed.
     #[arg(long)]
     target_dir: PathBuf,
     /// Print one JSON line instead of text.
@@ -144,14 +149,17 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
-fn capability(access: Access) -> VolumeCapability {
+fn capability(access: Access, mount_flags: &[String]) -> VolumeCapability {
     let mode = match access {
         Access::SingleNodeWriter => Mode::SingleNodeWriter,
         Access::MultiNodeReaderOnly => Mode::MultiNodeReaderOnly,
         Access::MultiNodeMultiWriter => Mode::MultiNodeMultiWriter,
     };
     VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_type: Some(AccessType::Mount(MountVolume {
+            mount_flags: mount_flags.to_vec(),
+            ..MountVolume::default()
+        })),
         access_mode: Some(AccessMode { mode: mode as i32 }),
     }
 }
@@ -165,7 +173,7 @@ fn publish_request(
     NodePublishVolumeRequest {
         volume_id: id.to_owned(),
         target_path: target.display().to_string(),
-        volume_capability: Some(capability(volume.access_mode)),
+        volume_capability: Some(capability(volume.access_mode, &volume.mount_flags)),
         readonly: volume.readonly,
         volume_context: context.clone(),
         ..NodePublishVolumeRequest::default()
@@ -338,7 +346,7 @@ async fn stage_if_needed(
     node.node_stage_volume(NodeStageVolumeRequest {
         volume_id: volume_id.to_owned(),
         staging_target_path: staging.display().to_string(),
-        volume_capability: Some(capability(volume.access_mode)),
+        volume_capability: Some(capability(volume.access_mode, &volume.mount_flags)),
         volume_context: context.clone(),
         ..NodeStageVolumeRequest::default()
     })
@@ -347,20 +355,27 @@ async fn stage_if_needed(
     Ok(Some(staging))
 }
 
+/// Worker `i`'s volume directory, kubelet's shape below `--target-dir`.
+fn worker_volume_dir(run: &RunArgs, i: usize) -> PathBuf {
+    run.target_dir
+        .join("pods/csi-bench/volumes/kubernetes.io~csi")
+        .join(format!("w{i}"))
+}
+
 fn worker_targets(run: &RunArgs) -> Result<Vec<PathBuf>> {
     (0..run.workers)
         .map(|i| {
-            let parent = run.target_dir.join(format!("w{i}"));
+            let parent = worker_volume_dir(run, i);
             std::fs::create_dir_all(&parent)
                 .with_context(|| format!("create {}", parent.display()))?;
-            Ok(parent.join("target"))
+            Ok(parent.join("mount"))
         })
         .collect()
 }
 
 fn remove_worker_dirs(run: &RunArgs) {
     for i in 0..run.workers {
-        let _ = std::fs::remove_dir(run.target_dir.join(format!("w{i}")));
+        let _ = std::fs::remove_dir(worker_volume_dir(run, i));
     }
 }
 
@@ -378,7 +393,7 @@ async fn load(
                 .create_volume(CreateVolumeRequest {
                     name,
                     parameters: params.into_iter().collect(),
-                    volume_capabilities: vec![capability(volume.access_mode)],
+                    volume_capabilities: vec![capability(volume.access_mode, &volume.mount_flags)],
                     ..CreateVolumeRequest::default()
                 })
                 .await
@@ -594,7 +609,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .create_volume(CreateVolumeRequest {
                     name,
                     parameters: params.into_iter().collect(),
-                    volume_capabilities: vec![capability(Access::MultiNodeMultiWriter)],
+                    volume_capabilities: vec![capability(Access::MultiNodeMultiWriter, &[])],
                     ..CreateVolumeRequest::default()
                 })
                 .await?

@@ -17,6 +17,8 @@ use csi_proto::v1::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, Volume
 use tonic::transport::Channel;
 
 pub const CELL: &str = "example.org";
+/// The pod every fixture target belongs to.
+pub const POD_UID: &str = "0b5c0b8a-1f2e-4c3d-9a8b-7c6d5e4f3a2b";
 pub const VOLUME: &str = "proj";
 pub const CONTENT: &str = "hello from AFS\n";
 
@@ -51,8 +53,23 @@ impl Fixture {
             fs::create_dir_all(&volume).expect("volume dir");
             fs::write(volume.join("hello.txt"), CONTENT).expect("file");
         }
-        fs::create_dir(dir.path().join("pods")).expect("pods dir");
+        fs::create_dir_all(dir.path().join("kubelet/pods")).expect("kubelet dir");
         Self { dir }
+    }
+
+    /// kubelet's root directory (`--kubelet-dir`).
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.dir.path().join("kubelet")
+    }
+
+    /// The directory kubelet makes for a volume of the fixture's pod (the target's
+    /// parent), not created.
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.kubelet_dir()
+            .join("pods")
+            .join(POD_UID)
+            .join("volumes/kubernetes.io~csi")
+            .join(name)
     }
 
     pub fn afs_root(&self) -> PathBuf {
@@ -65,7 +82,7 @@ impl Fixture {
 
     /// A target whose parent exists, as kubelet prepares it.
     pub fn target(&self, name: &str) -> PathBuf {
-        let parent = self.dir.path().join("pods").join(name);
+        let parent = self.volume_dir(name);
         fs::create_dir_all(&parent).expect("target parent");
         parent.join("mount")
     }
@@ -98,17 +115,43 @@ pub struct Driver {
     pub channel: Channel,
 }
 
+/// What the fixture's node allows: its cell, root mounts, inline volumes.
+pub const OPEN_POLICY: [&str; 4] = [
+    "--allowed-cells",
+    CELL,
+    "--allow-root-mounts",
+    "--allow-ephemeral",
+];
+
 impl Driver {
+    /// A driver whose policy allows everything the fixture has.
     pub async fn start(fixture: &Fixture, cache_manager: &str, mode: &str) -> Self {
-        Self::start_with(fixture, &["--cache-manager", cache_manager, "--mode", mode]).await
+        let mut args = vec!["--cache-manager", cache_manager, "--mode", mode];
+        args.extend(OPEN_POLICY);
+        Self::start_with(fixture, &args).await
     }
 
+    /// A driver with the fixture's socket, AFS root and kubelet directory, and
+    /// `extra` flags (the policy is closed unless they open it).
     pub async fn start_with(fixture: &Fixture, extra: &[&str]) -> Self {
+        Self::spawn(
+            fixture,
+            extra,
+            Command::new(env!("CARGO_BIN_EXE_csi-driver")),
+        )
+        .await
+    }
+
+    /// Starts the driver through `command` (which may prepare the process, e.g.
+    /// put it in a mount namespace of its own, as a container runtime does).
+    pub async fn spawn(fixture: &Fixture, extra: &[&str], mut command: Command) -> Self {
         let endpoint = format!("unix://{}", fixture.socket().display());
-        let child = Command::new(env!("CARGO_BIN_EXE_csi-driver"))
+        let child = command
             .args(["--endpoint", &endpoint, "--node-id", "test-node"])
             .arg("--afs-root")
             .arg(fixture.afs_root())
+            .arg("--kubelet-dir")
+            .arg(fixture.kubelet_dir())
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

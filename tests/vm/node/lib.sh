@@ -100,10 +100,15 @@ kafs_client_up() {
     mount -t afs none /afs -o dyn
 }
 
-# csi_start CACHE_MANAGER: the CSI driver in node mode on $SOCK, log in /tmp/csi.log.
+# csi_start CACHE_MANAGER [WRAPPER...]: the CSI driver in node mode on $SOCK (started
+# through WRAPPER, e.g. unshare, when given), allowing the test cell, root mounts and
+# inline volumes, as the operator configures it; log in /tmp/csi.log.
 csi_start() {
     mkdir -p /run/csi
-    RUST_LOG=info csi-driver --endpoint $EP --mode node --cache-manager "$1" --afs-root /afs --node-id afs-node-1 >>/tmp/csi.log 2>&1 &
+    cm=$1; shift
+    RUST_LOG=info "$@" csi-driver --endpoint $EP --mode node --cache-manager "$cm" --afs-root /afs \
+        --node-id afs-node-1 --kubelet-dir $KUBELET --allowed-cells $CELL --allow-root-mounts \
+        --allow-ephemeral >>/tmp/csi.log 2>&1 &
     CSI_PID=$!
     i=0
     while [ $i -lt 100 ]; do
@@ -124,6 +129,22 @@ target() {
 publish() { t=$1 v=$2; shift 2; show csi-bench --endpoint $EP publish --volume-id "$v" --target "$t" "$@"; }
 unpublish() { show csi-bench --endpoint $EP unpublish --volume-id "$2" --target "$1"; }
 is_mounted() { grep -q " $1 " /proc/mounts; }
+# refused OUT GREP CSI-BENCH-ARGS...: the call fails and its message matches GREP.
+# (Helpers called through check use locals: check keeps its description in $d.)
+refused() {
+    local out=$1 pattern=$2; shift 2
+    ! csi-bench --endpoint $EP "$@" >"$out" 2>&1 && grep -q "$pattern" "$out"
+}
+# mounts_under DIR: "mount-point options" of every mount at or below DIR.
+mounts_under() { awk -v d="$1" '$2 == d || index($2, d "/") == 1 {print $2, $4}' /proc/mounts; }
+# all_mounts_have DIR OPT...: every mount at or below DIR carries every OPT.
+all_mounts_have() {
+    local dir=$1 opt; shift
+    [ -n "$(mounts_under "$dir")" ] || return 1
+    for opt in "$@"; do
+        mounts_under "$dir" | awk -v o="$opt" '{n = split($2, a, ","); f = 0; for (i = 1; i <= n; i++) if (a[i] == o) f = 1; if (!f) exit 1}' || return 1
+    done
+}
 # writes_refused_erofs FILE: a write fails with EROFS (Read-only file system).
 writes_refused_erofs() { ! sh -c "echo x > '$1'" 2>/tmp/erofs.err && grep -q 'Read-only file system' /tmp/erofs.err; }
 # no_oops: the kernel logged no oops or BUG (with oops=panic a boot would not get this far).
