@@ -134,48 +134,60 @@ impl MountEntry {
     }
 }
 
-/// A snapshot of the calling thread's mount table.
+/// A snapshot of the calling thread's mount table. Only the lines asked about are
+/// parsed in full: a node can hold thousands of mounts, and every publish and
+/// unpublish looks at one or a few of them.
 #[derive(Debug)]
 pub struct MountTable {
-    entries: Vec<MountEntry>,
+    text: String,
+}
+
+/// The mount id and parent id of a mountinfo line (its first two fields).
+fn ids(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split(' ');
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+fn parse_line(line: &str) -> io::Result<MountEntry> {
+    MountInfo::from_line(line)
+        .map(MountEntry::from)
+        .map_err(io::Error::other)
 }
 
 impl MountTable {
     pub fn read() -> io::Result<Self> {
-        Self::parse(&fs::read_to_string(MOUNTINFO)?)
+        Ok(Self {
+            text: fs::read_to_string(MOUNTINFO)?,
+        })
     }
 
-    fn parse(table: &str) -> io::Result<Self> {
-        let entries = table
+    pub fn entry(&self, id: u64) -> io::Result<Option<MountEntry>> {
+        self.text
             .lines()
-            .map(|line| {
-                MountInfo::from_line(line)
-                    .map(MountEntry::from)
-                    .map_err(io::Error::other)
-            })
-            .collect::<io::Result<_>>()?;
-        Ok(Self { entries })
-    }
-
-    pub fn entry(&self, id: u64) -> Option<&MountEntry> {
-        self.entries.iter().find(|e| e.id == id)
+            .find(|line| ids(line).is_some_and(|(mount, _)| mount == id))
+            .map(parse_line)
+            .transpose()
     }
 
     /// Every mount below `id` (not `id` itself), parents before their children.
-    pub fn descendants(&self, id: u64) -> Vec<&MountEntry> {
-        let mut found: Vec<&MountEntry> = Vec::new();
+    pub fn descendants(&self, id: u64) -> io::Result<Vec<MountEntry>> {
+        let lines: Vec<(u64, u64, &str)> = self
+            .text
+            .lines()
+            .filter_map(|line| ids(line).map(|(mount, parent)| (mount, parent, line)))
+            .collect();
+        let mut found = Vec::new();
         let mut frontier = vec![id];
         while let Some(parent) = frontier.pop() {
-            for child in self
-                .entries
+            for (mount, _, line) in lines
                 .iter()
-                .filter(|e| e.parent == parent && e.id != parent)
+                .filter(|(mount, of, _)| *of == parent && *mount != parent)
             {
-                found.push(child);
-                frontier.push(child.id);
+                found.push(parse_line(line)?);
+                frontier.push(*mount);
             }
         }
-        found
+        Ok(found)
     }
 }
 
@@ -186,8 +198,7 @@ pub fn mounted_at(parent: BorrowedFd<'_>, dir: BorrowedFd<'_>) -> io::Result<Opt
     if id == mount_id(parent)? {
         return Ok(None);
     }
-    let table = MountTable::read()?;
-    table.entry(id).cloned().map(Some).ok_or_else(|| {
+    MountTable::read()?.entry(id)?.map(Some).ok_or_else(|| {
         io::Error::other(format!("mount {id} is not in this mount namespace's table"))
     })
 }
@@ -489,6 +500,7 @@ fn prepare_staged(
     let table = MountTable::read().map_err(syscall("read mountinfo", stage))?;
     let top = table
         .entry(top_id)
+        .map_err(syscall("read mountinfo", stage))?
         .ok_or_else(|| syscall("find", stage)(io::Error::other("staged bind not in mountinfo")))?;
     let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | legacy_flags(options);
     let mut ids = vec![top_id];
@@ -500,8 +512,11 @@ fn prepare_staged(
         None::<&str>,
     )
     .map_err(|e| syscall("remount", shown)(e.into()))?;
-    for inner in table.descendants(top_id) {
-        let (dir, name) = open_inner_mount_point(top_fd.as_fd(), top, inner)
+    let inner_mounts = table
+        .descendants(top_id)
+        .map_err(syscall("read mountinfo", stage))?;
+    for inner in &inner_mounts {
+        let (dir, name) = open_inner_mount_point(top_fd.as_fd(), &top, inner)
             .map_err(syscall("open submount", stage))?;
         nix::mount::mount(
             None::<&str>,
@@ -516,10 +531,10 @@ fn prepare_staged(
     // Read back: every mount of the copy must show the attributes, and none may
     // still receive propagation.
     let table = MountTable::read().map_err(syscall("read mountinfo", stage))?;
-    for entry in std::iter::once(table.entry(top_id))
-        .flatten()
-        .chain(table.descendants(top_id))
-    {
+    let read_back = |e| syscall("read mountinfo", stage)(e);
+    let now = table.entry(top_id).map_err(read_back)?;
+    let below = table.descendants(top_id).map_err(read_back)?;
+    for entry in now.iter().chain(&below) {
         let missing = if !ids.contains(&entry.id) {
             Some("every submount made read-only (one appeared while remounting)")
         } else if options.read_only && !entry.read_only {
@@ -617,7 +632,8 @@ pub fn unmount_tree(
     {
         let top_fd = open_nofollow(parent, name).map_err(failed(top))?;
         let table = MountTable::read().map_err(failed(top))?;
-        for inner in table.descendants(top.id).into_iter().rev() {
+        let inner_mounts = table.descendants(top.id).map_err(failed(top))?;
+        for inner in inner_mounts.iter().rev() {
             match open_inner_mount_point(top_fd.as_fd(), top, inner) {
                 Ok((dir, inner_name)) => unmount_one(dir.as_fd(), &inner_name, inner)?,
                 // Gone since the table was read (an automount expired).
@@ -672,24 +688,28 @@ mod tests {
 
     #[test]
     fn descendants_come_parents_first() {
-        let table = MountTable::parse(
-            "1 0 0:1 / / rw - ext4 /dev/vda rw\n\
-             20 1 0:2 / /t rw shared:3 - tmpfs t rw\n\
-             21 20 0:3 / /t/a ro,nosuid - tmpfs a rw\n\
-             22 21 0:4 / /t/a/b rw master:4 - afs %c:v rw\n\
-             23 1 0:5 / /other rw - tmpfs o rw\n",
-        )
-        .expect("parses");
-        let ids: Vec<u64> = table.descendants(20).iter().map(|e| e.id).collect();
+        let table = MountTable {
+            text: "1 0 0:1 / / rw - ext4 /dev/vda rw\n\
+                   20 1 0:2 / /t rw shared:3 - tmpfs t rw\n\
+                   21 20 0:3 / /t/a ro,nosuid - tmpfs a rw\n\
+                   22 21 0:4 / /t/a/b rw master:4 - afs %c:v rw\n\
+                   23 1 0:5 / /other rw - tmpfs o rw\n"
+                .to_owned(),
+        };
+        let entry = |id| table.entry(id).expect("parses").expect("present");
+        let ids: Vec<u64> = table
+            .descendants(20)
+            .expect("parses")
+            .iter()
+            .map(|e| e.id)
+            .collect();
         assert_eq!(ids, vec![21, 22]);
-        let a = table.entry(21).expect("entry");
+        let a = entry(21);
         assert!(a.read_only && a.no_suid && !a.no_dev && !a.propagates);
-        assert!(table.entry(20).expect("entry").propagates);
-        assert!(table.entry(22).expect("entry").propagates);
-        assert_eq!(
-            table.entry(22).expect("entry").describe(),
-            "afs from %c:v, rw"
-        );
+        assert!(entry(20).propagates);
+        assert!(entry(22).propagates);
+        assert_eq!(entry(22).describe(), "afs from %c:v, rw");
+        assert_eq!(table.entry(99).expect("parses"), None);
     }
 
     #[test]
@@ -697,7 +717,8 @@ mod tests {
         let root = open_dir(Path::new("/")).expect("open /");
         let id = mount_id(root.as_fd()).expect("fdinfo has mnt_id");
         let table = MountTable::read().expect("mountinfo");
-        assert_eq!(table.entry(id).expect("/ is mounted").mount_point, "/");
+        let root = table.entry(id).expect("parses").expect("/ is mounted");
+        assert_eq!(root.mount_point, "/");
     }
 
     /// Runs `body` on a thread with a mount namespace of its own, every mount in it
@@ -743,9 +764,14 @@ mod tests {
             .expect("propagation");
     }
 
-    fn entry_at<'a>(table: &'a MountTable, path: &Path) -> Option<&'a MountEntry> {
+    /// The topmost mount on `path`.
+    fn entry_at(table: &MountTable, path: &Path) -> Option<MountEntry> {
         let wanted = path.display().to_string();
-        table.entries.iter().rev().find(|e| e.mount_point == wanted)
+        table
+            .text
+            .lines()
+            .rfind(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+            .map(|line| parse_line(line).expect("parses"))
     }
 
     /// The kernel paths a bind can take, both forced here: the new mount API and the
@@ -821,8 +847,8 @@ mod tests {
                 // Unmounting here takes the peer's copy too.
                 let top = table
                     .entry(mount_id(open_dir(&target).expect("mounted").as_fd()).expect("id"))
-                    .expect("entry")
-                    .clone();
+                    .expect("parses")
+                    .expect("entry");
                 let parent = open_dir(&kubelet).expect("parent");
                 unmount_tree(parent.as_fd(), name, &top).expect("unmount");
                 let table = MountTable::read().expect("mountinfo");
@@ -874,8 +900,8 @@ mod tests {
             let table = MountTable::read().expect("mountinfo");
             let top = table
                 .entry(mount_id(open_dir(&target).expect("open").as_fd()).expect("id"))
-                .expect("entry")
-                .clone();
+                .expect("parses")
+                .expect("entry");
             let parent = open_dir(dir.path()).expect("parent");
             // A process (this thread's open directory) holds the inner mount.
             let holder = fs::File::open(target.join("inner")).expect("hold");
