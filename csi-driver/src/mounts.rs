@@ -613,7 +613,8 @@ pub enum UnmountError {
 }
 
 /// Unmounts `top`, the mount on `name` in the directory `parent`, and everything
-/// mounted below it, the deepest first, each with a plain unmount: a mount busy
+/// mounted below it (when it has submounts: the deepest first), each with a plain
+/// unmount: a mount busy
 /// because a process uses it stays, and the caller hears so. (Detaching would hide
 /// a mount that is still in use, and with it the module's user, from everyone.)
 ///
@@ -629,6 +630,11 @@ pub fn unmount_tree(
         let mount_point = unescape_mountinfo(&entry.mount_point);
         move |error: io::Error| UnmountError::Syscall { mount_point, error }
     };
+    // Most targets have nothing mounted below them: one unmount, no table to read.
+    match unmount_one(parent, name, top) {
+        Err(UnmountError::Busy { .. }) => {}
+        done => return done,
+    }
     {
         let top_fd = open_nofollow(parent, name).map_err(failed(top))?;
         let table = MountTable::read().map_err(failed(top))?;
