@@ -32,6 +32,9 @@ const OPERATOR: &str = "afs-operator";
 const NAMESPACE_ROLE: &str = "afs-operator-namespace";
 /// The ValidatingAdmissionPolicy (and its binding) narrowing kmod-manager's Node writes.
 const KMOD_NODE_POLICY: &str = "afs-kmod-manager-node";
+/// The ValidatingAdmissionPolicy (and its binding) narrowing the operator's namespace
+/// and binding writes to SR namespaces.
+const OPERATOR_NAMESPACE_POLICY: &str = "afs-operator-namespaces";
 const IMAGE: &str = "registry.example.com/auristor/afs-operator";
 const AFS: &str = "afs.csi.auristor.com";
 const CORE: &str = "";
@@ -490,6 +493,10 @@ fn renders_the_expected_objects() {
         // kmod-manager's Node writes, narrowed (tests/node_policy.rs).
         format!("ValidatingAdmissionPolicy {KMOD_NODE_POLICY}"),
         format!("ValidatingAdmissionPolicyBinding {KMOD_NODE_POLICY}"),
+        // The operator's namespace and binding writes, narrowed to SR namespaces
+        // (tests/operator_policy.rs).
+        format!("ValidatingAdmissionPolicy {OPERATOR_NAMESPACE_POLICY}"),
+        format!("ValidatingAdmissionPolicyBinding {OPERATOR_NAMESPACE_POLICY}"),
         format!("Deployment {OPERATOR}"),
         format!("Service {OPERATOR}-metrics"),
     ];
@@ -532,6 +539,46 @@ fn numbers_as_floats(value: Value) -> Value {
         ),
         other => other,
     }
+}
+
+#[test]
+fn admission_policies_are_bound_to_deny_and_fail_closed() {
+    let policies: Vec<&Value> = rendered()
+        .iter()
+        .filter(|o| kind(o) == "ValidatingAdmissionPolicy")
+        .collect();
+    assert_eq!(
+        policies.len(),
+        2,
+        "{KMOD_NODE_POLICY}, {OPERATOR_NAMESPACE_POLICY}"
+    );
+    for policy in policies {
+        let name = name(policy);
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail", "{name}");
+        // `afsctl install` and kustomize apply the binding with its policy (checked
+        // below): a policy without its Deny binding enforces nothing.
+        let binding = object("ValidatingAdmissionPolicyBinding", name);
+        assert_eq!(binding["spec"]["policyName"], name);
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            json!(["Deny"]),
+            "{name}"
+        );
+        assert!(
+            binding["spec"]["matchResources"].is_null(),
+            "{name}: every object"
+        );
+    }
+    // The operator's policy holds the account the operator runs as (see
+    // `the_binding_gives_the_role_to_the_operator_account`), and only it.
+    let conditions =
+        &object("ValidatingAdmissionPolicy", OPERATOR_NAMESPACE_POLICY)["spec"]["matchConditions"];
+    assert_eq!(
+        conditions,
+        &json!([{"name": "operator-service-account", "expression": format!(
+            "request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{OPERATOR}'"
+        )}])
+    );
 }
 
 #[test]

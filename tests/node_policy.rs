@@ -1,25 +1,18 @@
 //! kmod-manager's Node policy (the ValidatingAdmissionPolicy `afs-kmod-manager-node` in
-//! deploy/rbac.yaml), evaluated without a cluster: its CEL expressions run on the
-//! admission requests kmod-manager makes (the exact merge patches its `NodeReporter`
-//! sends, captured from a fake API server and applied to a Node) and on those that root
-//! on a node could make with kmod-manager's token. The opt-in end-to-end test
-//! (operator/tests/e2e.rs) runs the same kinds of requests against a real API server;
-//! this runs in every `cargo test`.
-//!
-//! The evaluator is the `cel` crate: the Common Expression Language the API server
-//! evaluates, without Kubernetes' extension libraries (their `join`, used by the
-//! messages, is supplied here). The policy keeps to what both understand.
+//! deploy/rbac.yaml), evaluated without a cluster (tests/admission.rs): its CEL
+//! expressions run on the admission requests kmod-manager makes (the exact merge
+//! patches its `NodeReporter` sends, captured from a fake API server and applied to a
+//! Node) and on those that root on a node could make with kmod-manager's token. The
+//! opt-in end-to-end test (operator/tests/e2e.rs) runs the same kinds of requests
+//! against a real API server; this runs in every `cargo test`.
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use afs_operator::crd::SpecialResource;
-use afs_operator::objects::{self, Inputs, OperatorAccount};
-use cel::extractors::This;
-use cel::{Context, Program, Value as Cel};
+use afs_operator::objects::{self, OperatorAccount};
+use afs_repo_tests::admission::{self, Decision, Review};
+use afs_repo_tests::fixtures;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::NodeSpec;
 use kmod_manager::guard::{ModuleUse, Usage};
@@ -27,7 +20,6 @@ use kmod_manager::node::{
     IN_USE_ANNOTATION, NodeReporter, PUBLISHED_VOLUMES_ANNOTATION, STATUS_ANNOTATION,
 };
 use kube::client::Body;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 const POLICY: &str = "afs-kmod-manager-node";
@@ -38,34 +30,7 @@ const READINESS_TAINT: &str = kmod_manager::cli::DEFAULT_READINESS_TAINT;
 const KMOD_USER: &str = "system:serviceaccount:afs-group-1:group-1-kmod";
 
 // ---------------------------------------------------------------------------------
-// The policy and its evaluation
-
-/// The policy as deploy/rbac.yaml ships it, with its binding.
-fn policy() -> &'static Value {
-    static POLICY_OBJECT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    POLICY_OBJECT.get_or_init(|| {
-        let path = afs_repo_tests::repo_root().join("deploy/rbac.yaml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let documents: Vec<Value> = serde_norway::Deserializer::from_str(&text)
-            .map(|d| Value::deserialize(d).unwrap())
-            .collect();
-        let find = |kind: &str| {
-            documents
-                .iter()
-                .find(|d| d["kind"] == kind && d["metadata"]["name"] == POLICY)
-                .unwrap_or_else(|| panic!("deploy/rbac.yaml has no {kind} {POLICY}"))
-                .clone()
-        };
-        let binding = find("ValidatingAdmissionPolicyBinding");
-        assert_eq!(binding["spec"]["policyName"], POLICY);
-        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
-        assert!(
-            binding["spec"]["matchResources"].is_null(),
-            "bound for every Node"
-        );
-        find("ValidatingAdmissionPolicy")
-    })
-}
+// kmod-manager's requests
 
 /// An UPDATE of a Node as the API server's admission sees it.
 #[derive(Debug, Clone)]
@@ -90,7 +55,7 @@ impl Update {
         }
     }
 
-    fn request(&self) -> Value {
+    fn review(&self) -> Review {
         let mut extra = serde_json::Map::new();
         // What a pod-bound token carries besides the node.
         extra.insert(
@@ -110,112 +75,22 @@ impl Update {
         if let Some(sub) = self.sub_resource {
             request["subResource"] = json!(sub);
         }
-        request
+        Review {
+            request,
+            object: self.new.clone(),
+            old_object: self.old.clone(),
+            namespace_object: Value::Null,
+        }
     }
 }
 
-/// What the policy decides.
-#[derive(Debug, PartialEq, Eq)]
-enum Decision {
-    /// The match conditions do not select the request: the policy says nothing.
-    NotMatched,
-    Admitted,
-    /// Refused, with the message the API server returns.
-    Refused(String),
-}
-
-fn context(update: &Update, variables: &BTreeMap<String, Cel>) -> Context<'static> {
-    let mut ctx = Context::default();
-    ctx.add_variable("request", update.request()).unwrap();
-    ctx.add_variable("object", update.new.clone()).unwrap();
-    ctx.add_variable("oldObject", update.old.clone()).unwrap();
-    let variables: std::collections::HashMap<String, Cel> = variables
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    ctx.add_variable_from_value("variables", variables);
-    // Kubernetes' strings library: `list.join(separator)`.
-    ctx.add_function(
-        "join",
-        |This(list): This<Arc<Vec<Cel>>>, separator: Arc<String>| -> String {
-            list.iter()
-                .map(|v| match v {
-                    Cel::String(s) => s.as_str().to_owned(),
-                    other => format!("{other:?}"),
-                })
-                .collect::<Vec<_>>()
-                .join(separator.as_str())
-        },
-    );
-    ctx
-}
-
-fn eval(expression: &str, ctx: &Context<'_>) -> Result<Cel, String> {
-    let program =
-        Program::compile(expression).map_err(|e| format!("{expression}: does not parse: {e}"))?;
-    program
-        .execute(ctx)
-        .map_err(|e| format!("{expression}: {e}"))
-}
-
-fn eval_bool(expression: &str, ctx: &Context<'_>) -> bool {
-    match eval(expression, ctx) {
-        Ok(Cel::Bool(b)) => b,
-        other => panic!("{expression}: not a boolean: {other:?}"),
-    }
-}
-
-/// Evaluates the policy as the API server does: match conditions, then the variables
-/// in order, then the validations in order; the first that fails gives the message.
-/// Any expression that cannot be evaluated fails the test (the API server would refuse
-/// the request, failurePolicy Fail, but for the wrong reason).
 fn decide(update: &Update) -> Decision {
-    let spec = &policy()["spec"];
-    let mut variables = BTreeMap::new();
-    for condition in spec["matchConditions"].as_array().unwrap() {
-        let expression = condition["expression"].as_str().unwrap();
-        if !eval_bool(expression, &context(update, &variables)) {
-            return Decision::NotMatched;
-        }
-    }
-    for variable in spec["variables"].as_array().unwrap() {
-        let name = variable["name"].as_str().unwrap();
-        let expression = variable["expression"].as_str().unwrap();
-        let value = eval(expression, &context(update, &variables))
-            .unwrap_or_else(|e| panic!("variable {name}: {e}"));
-        variables.insert(name.to_owned(), value);
-    }
-    for validation in spec["validations"].as_array().unwrap() {
-        let ctx = context(update, &variables);
-        if eval_bool(validation["expression"].as_str().unwrap(), &ctx) {
-            continue;
-        }
-        assert_eq!(validation["reason"], "Forbidden", "{validation}");
-        let message = match validation["messageExpression"].as_str() {
-            Some(expression) => match eval(expression, &ctx) {
-                Ok(Cel::String(s)) => s.as_str().to_owned(),
-                other => panic!("messageExpression {expression}: {other:?}"),
-            },
-            None => validation["message"].as_str().unwrap().to_owned(),
-        };
-        return Decision::Refused(message);
-    }
-    Decision::Admitted
+    admission::decide(admission::policy(POLICY), &update.review())
 }
 
 #[track_caller]
 fn assert_refused(update: &Update, words: &[&str]) {
-    match decide(update) {
-        Decision::Refused(message) => {
-            for word in words {
-                assert!(
-                    message.contains(word),
-                    "the message should say {word:?}: {message}"
-                );
-            }
-        }
-        other => panic!("not refused ({other:?}): {update:#?}"),
-    }
+    admission::assert_refused(admission::policy(POLICY), &update.review(), words);
 }
 
 // ---------------------------------------------------------------------------------
@@ -683,21 +558,6 @@ fn owner_references_finalizers_and_status_are_refused() {
 // ---------------------------------------------------------------------------------
 // Whose requests
 
-/// A SpecialResource as the operator reads it.
-fn sample_sr(name: &str, namespace: &str) -> SpecialResource {
-    let spec = serde_json::from_value(json!({
-        "namespace": namespace,
-        "nodeSelector": {"afs-group": name},
-        "kmod": {"module": "kafs", "version": "1.0.0",
-            "kernelMappings": [{"regexp": ".*", "containerImage": "r/k:${KERNEL_FULL_VERSION}"}]},
-        "csi": {"image": "registry.example/afs-csi", "version": "1.0.0"}
-    }))
-    .unwrap();
-    let mut sr = SpecialResource::new(name, spec);
-    sr.metadata.uid = Some("uid-1".to_owned());
-    sr
-}
-
 #[test]
 fn the_policy_holds_every_kmod_account_the_operator_makes_and_no_other() {
     let anything = |username: &str| {
@@ -722,16 +582,7 @@ fn the_policy_holds_every_kmod_account_the_operator_makes_and_no_other() {
             "afs",
         ),
     ] {
-        let sr = sample_sr(name, namespace);
-        let revision = objects::revision(&sr.spec);
-        let desired = objects::build(&Inputs {
-            sr: &sr,
-            revision: &revision,
-            kernels: &[],
-            runs_controller: true,
-            csi_driver_owners: &[],
-        })
-        .unwrap();
+        let desired = fixtures::desired(&fixtures::special_resource(name, namespace));
         for account in &desired.service_accounts {
             let account_name = account.metadata.name.as_deref().unwrap();
             let user = format!("system:serviceaccount:{namespace}:{account_name}");
@@ -765,7 +616,7 @@ fn the_policy_holds_every_kmod_account_the_operator_makes_and_no_other() {
 
 #[test]
 fn the_policy_matches_node_updates_only_and_fails_closed() {
-    let spec = &policy()["spec"];
+    let spec = &admission::policy(POLICY)["spec"];
     assert_eq!(spec["failurePolicy"], "Fail");
     assert_eq!(
         spec["matchConstraints"]["resourceRules"],

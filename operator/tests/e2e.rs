@@ -163,13 +163,22 @@ impl Run {
 
     async fn cleanup(&self) {
         let srs = Api::<SpecialResource>::all(self.client.clone());
-        for suffix in ["g1", "overlap"] {
+        for suffix in ["g1", "overlap", "handed"] {
             let _ = srs
                 .delete(&self.sr_name(suffix), &DeleteParams::default())
                 .await;
         }
+        // Only there if the operator's namespace policy failed to refuse it.
+        let _ = Api::<ClusterRoleBinding>::all(self.client.clone())
+            .delete(&self.sr_name("everywhere"), &DeleteParams::default())
+            .await;
         // The operator never deletes an SR's namespace (it may hold the user's maps).
-        for namespace in [self.apps(), self.sr_name("g1"), self.sr_name("overlap")] {
+        for namespace in [
+            self.apps(),
+            self.sr_name("g1"),
+            self.sr_name("overlap"),
+            self.sr_name("handed"),
+        ] {
             let _ = Api::<Namespace>::all(self.client.clone())
                 .delete(&namespace, &DeleteParams::default())
                 .await;
@@ -532,9 +541,13 @@ async fn client_with_token(kubeconfig: &str, token: String) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// The ValidatingAdmissionPolicy holding the operator to SR namespaces.
+const OPERATOR_POLICY: &str = "afs-operator-namespaces";
+
 /// Installs deploy/'s namespace, the operator's ServiceAccount, the RBAC and the
-/// admission policy, and returns a client that is the operator's ServiceAccount: the
-/// operator then runs with exactly deploy/'s rights.
+/// admission policies, and returns a client that is the operator's ServiceAccount: the
+/// operator then runs with exactly deploy/'s rights, held by the policy to SR
+/// namespaces.
 async fn install_operator(client: &Client, kubeconfig: &str) -> Client {
     apply_manifest(client, "namespace.yaml").await;
     apply_manifest(client, "rbac.yaml").await;
@@ -551,6 +564,27 @@ async fn install_operator(client: &Client, kubeconfig: &str) -> Client {
         || async { srs.list(&ListParams::default()).await.is_ok() },
     )
     .await;
+    // The policy takes effect once the API server's admission has seen it: until then
+    // the operator may label `default` (a dry run, so nothing is written either way).
+    let namespaces = Api::<Namespace>::all(operator.clone());
+    wait_for(
+        "the admission policy to hold the operator to SR namespaces",
+        Duration::from_secs(60),
+        || async {
+            namespaces
+                .patch(
+                    "default",
+                    &PatchParams {
+                        dry_run: true,
+                        ..PatchParams::default()
+                    },
+                    &Patch::Merge(json!({"metadata": {"labels": {"e2e-probe": "1"}}})),
+                )
+                .await
+                .is_err_and(|e| e.to_string().contains(OPERATOR_POLICY))
+        },
+    )
+    .await;
     operator
 }
 
@@ -560,6 +594,22 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) 
         Err(kube::Error::Api(status)) => (status.code, status.message),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// `what` was refused by the operator's namespace policy, saying `says`.
+#[track_caller]
+fn refused_by_operator_policy<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, kube::Error>,
+    says: &str,
+) {
+    let (code, message) = refusal(result);
+    assert!(
+        code == 403
+            && message.contains(&format!("ValidatingAdmissionPolicy '{OPERATOR_POLICY}'"))
+            && message.contains(says),
+        "{what}: {code} {message}"
+    );
 }
 
 fn dry_run() -> PostParams {
@@ -742,6 +792,7 @@ async fn trust_boundary(run: Arc<Run>, operator: Client, kubeconfig: String) {
         "in its SR namespace the operator writes ConfigMaps and DaemonSets; Leases are \
          the provisioner's, which it binds but does not hold"
     );
+    operator_namespace_policy(&run, &operator).await;
 
     // kmod-manager's pod on n1 and its token (the kubelet would mount one like it).
     let pods = Api::<Pod>::namespaced(c.clone(), &namespace);
@@ -937,6 +988,228 @@ async fn trust_boundary(run: Arc<Run>, operator: Client, kubeconfig: String) {
         },
     )
     .await;
+}
+
+/// With the operator's own token: a tenant's namespace cannot be labelled or marked, an
+/// SR namespace's mark cannot be changed, and the operator cannot bind itself into a
+/// tenant's namespace or cluster-wide (deploy/'s RBAC allows each of these; the policy
+/// `afs-operator-namespaces` refuses them). Its own flows pass under the policy: an
+/// admin's namespace handed over to an SR is labelled (server-side apply) and bound
+/// into, and its labels and the binding go with the SR, the mark and the admin's
+/// label stay.
+async fn operator_namespace_policy(run: &Run, operator: &Client) {
+    let c = run.client.clone();
+    let tenant = run.apps();
+    let ours = run.sr_name("g1");
+    let as_operator = Api::<Namespace>::all(operator.clone());
+    let admin = Api::<Namespace>::all(c.clone());
+    let merge = |patch: Value| Patch::Merge(patch);
+    let before = admin.get(&tenant).await.unwrap();
+
+    // A tenant's namespace: not labelled (the privileged level), not marked, whether
+    // by a merge patch or by the operator's own server-side apply.
+    let unmarked = format!("namespace {tenant} does not");
+    for (what, patch) in [
+        (
+            "the privileged level on a tenant's namespace",
+            json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
+        ),
+        (
+            "the mark on a tenant's namespace",
+            json!({"metadata": {"annotations": {labels::NAMESPACE_OF_ANNOTATION: ours}}}),
+        ),
+    ] {
+        refused_by_operator_policy(
+            what,
+            as_operator
+                .patch(&tenant, &PatchParams::default(), &merge(patch))
+                .await,
+            &unmarked,
+        );
+    }
+    let mut sr: SpecialResource = serde_json::from_value(run.sr("g1", "1.0.0")).unwrap();
+    sr.spec.namespace = tenant.clone();
+    sr.metadata.uid = Some("uid".to_owned());
+    let desired = objects::build(&objects::Inputs {
+        sr: &sr,
+        revision: "r",
+        kernels: &[],
+        runs_controller: false,
+        csi_driver_owners: &[],
+    })
+    .unwrap();
+    refused_by_operator_policy(
+        "the operator's apply of its namespace to a tenant's",
+        as_operator
+            .patch(
+                &tenant,
+                &PatchParams::apply(labels::FIELD_MANAGER).force(),
+                &Patch::Apply(&desired.namespace),
+            )
+            .await,
+        &unmarked,
+    );
+    let after = admin.get(&tenant).await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the tenant's namespace is not written"
+    );
+
+    // Its own SR namespace: its labels may change, the mark may not.
+    as_operator
+        .patch(
+            &ours,
+            &PatchParams::default(),
+            &merge(json!({"metadata": {"labels": {"e2e-probe": "1"}}})),
+        )
+        .await
+        .expect("the operator labels its SR namespace");
+    as_operator
+        .patch(
+            &ours,
+            &PatchParams::default(),
+            &merge(json!({"metadata": {"labels": {"e2e-probe": null}}})),
+        )
+        .await
+        .expect("the operator unlabels its SR namespace");
+    for (what, patch, says) in [
+        (
+            "another SR's mark",
+            json!({"metadata": {"annotations": {labels::NAMESPACE_OF_ANNOTATION: "someone-else"}}}),
+            labels::NAMESPACE_OF_ANNOTATION,
+        ),
+        (
+            "no mark",
+            json!({"metadata": {"annotations": {labels::NAMESPACE_OF_ANNOTATION: null}}}),
+            labels::NAMESPACE_OF_ANNOTATION,
+        ),
+        (
+            "afsctl's created-by",
+            json!({"metadata": {"annotations": {labels::CREATED_BY_ANNOTATION: labels::CREATED_BY_AFSCTL}}}),
+            labels::CREATED_BY_ANNOTATION,
+        ),
+    ] {
+        refused_by_operator_policy(
+            what,
+            as_operator
+                .patch(&ours, &PatchParams::default(), &merge(patch))
+                .await,
+            &format!("may not add, change or remove {says} on namespace {ours}"),
+        );
+    }
+
+    // Its own RoleBinding in a tenant's namespace, as `bind_operator` applies it (RBAC
+    // allows it by name, and `bind` on the role), and cluster-wide.
+    let account = OperatorAccount::default();
+    let binding = objects::operator_role_binding(&tenant, &account);
+    refused_by_operator_policy(
+        "the operator's RoleBinding in a tenant's namespace",
+        Api::<RoleBinding>::namespaced(operator.clone(), &tenant)
+            .patch(
+                objects::OPERATOR_BINDING,
+                &PatchParams::apply(labels::FIELD_MANAGER).force(),
+                &Patch::Apply(&binding),
+            )
+            .await,
+        &format!(
+            "namespace {tenant} does not: RoleBinding {} of ClusterRole {} refused",
+            objects::OPERATOR_BINDING,
+            objects::OPERATOR_NAMESPACE_ROLE
+        ),
+    );
+    assert_eq!(
+        namespaced_writes(operator, &tenant).await.map(|(_, w)| w),
+        [Err(403); 3],
+        "still no right in the tenant's namespace"
+    );
+    let everywhere: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": run.sr_name("everywhere")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": objects::OPERATOR_NAMESPACE_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": account.name, "namespace": account.namespace}]
+    }))
+    .unwrap();
+    refused_by_operator_policy(
+        "the operator's role bound cluster-wide",
+        Api::<ClusterRoleBinding>::all(operator.clone())
+            .patch(
+                &run.sr_name("everywhere"),
+                &PatchParams::apply(labels::FIELD_MANAGER).force(),
+                &Patch::Apply(&everywhere),
+            )
+            .await,
+        &format!(
+            "not ClusterRole {}: ClusterRoleBinding {} refused",
+            objects::OPERATOR_NAMESPACE_ROLE,
+            run.sr_name("everywhere")
+        ),
+    );
+
+    // An admin hands a namespace of their own over to an SR: the operator applies its
+    // labels to it (server-side apply of a marked namespace) and binds itself there.
+    let handed = run.sr_name("handed");
+    admin
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": handed,
+                "labels": {"team": "tenant-b"},
+                "annotations": {labels::NAMESPACE_OF_ANNOTATION: handed}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut sr = run.sr("handed", "1.0.0");
+    // No node, another driver: nothing shared with g1.
+    sr["spec"]["nodeSelector"] = json!({"e2e-group": format!("{}-none", run.group())});
+    sr["spec"]["csi"]["driverName"] = json!(format!("{}.handed.example.com", run.group()));
+    run.apply_sr(&sr).await;
+    let privileged = |n: &Namespace| {
+        n.labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .is_some_and(|l| l == "privileged")
+    };
+    wait_for(
+        "the operator to label the handed-over namespace and bind itself there",
+        Duration::from_secs(60),
+        || async {
+            let bound = Api::<RoleBinding>::namespaced(c.clone(), &handed)
+                .get_opt(objects::OPERATOR_BINDING)
+                .await
+                .unwrap()
+                .is_some();
+            bound && privileged(&admin.get(&handed).await.unwrap())
+        },
+    )
+    .await;
+    delete_sr_and_wait(run, "handed").await;
+    let left = admin.get(&handed).await.unwrap();
+    assert!(
+        !privileged(&left),
+        "the operator's labels go with the SR: {left:?}"
+    );
+    assert!(
+        !left.labels().contains_key(labels::MANAGED_BY_LABEL),
+        "{left:?}"
+    );
+    assert_eq!(
+        left.labels().get("team").map(String::as_str),
+        Some("tenant-b")
+    );
+    assert_eq!(
+        left.annotations()
+            .get(labels::NAMESPACE_OF_ANNOTATION)
+            .map(String::as_str),
+        Some(handed.as_str()),
+        "the mark stays"
+    );
+    assert!(
+        Api::<RoleBinding>::namespaced(c.clone(), &handed)
+            .get_opt(objects::OPERATOR_BINDING)
+            .await
+            .unwrap()
+            .is_none(),
+        "the operator's binding goes with the namespace's last SR"
+    );
 }
 
 /// The API server's answer to a write it refuses: (HTTP code, message).
@@ -1155,7 +1428,7 @@ async fn delete_sr_and_wait(run: &Run, suffix: &str) {
         .await
         .unwrap();
     wait_for(
-        "the refused SR to be deleted",
+        &format!("SpecialResource {} to be deleted", run.sr_name(suffix)),
         Duration::from_secs(30),
         || async { srs.get_opt(&run.sr_name(suffix)).await.unwrap().is_none() },
     )
