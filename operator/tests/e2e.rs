@@ -44,6 +44,46 @@ const MANAGER: &str = "afs-e2e";
 /// cluster: one at a time.
 static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+impl Run {
+    /// A test's run: names of its own (ids prefixed with `prefix`), the CRD installed,
+    /// logs to the test's output.
+    async fn start(client: &Client, prefix: &str) -> Arc<Self> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let run = Arc::new(Run {
+            client: client.clone(),
+            id: format!("{prefix}{:x}", std::process::id() ^ clock.subsec_nanos()),
+        });
+        run.install_crd().await;
+        run
+    }
+}
+
+/// The operator in-process with `client`'s rights (as the account deploy/ gives it),
+/// until the sender fires.
+fn start_operator(
+    client: Client,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(afs_operator::controller::run_as(
+        client,
+        Arc::new(Metrics::default()),
+        OperatorAccount::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, operator)
+}
+
 fn apply() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
@@ -227,29 +267,9 @@ async fn end_to_end_on_a_bare_control_plane() {
         return;
     };
     let _one = ONE_OPERATOR.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let id = format!("{:x}", std::process::id() ^ clock.subsec_nanos());
-    let run = Arc::new(Run {
-        client: client.clone(),
-        id,
-    });
-    run.install_crd().await;
+    let run = Run::start(&client, "").await;
     let operator_client = install_operator(&client, &kubeconfig).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(afs_operator::controller::run_as(
-        operator_client,
-        Arc::new(Metrics::default()),
-        OperatorAccount::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, operator) = start_operator(operator_client);
     let kubelet = {
         let kubelet = Kubelet {
             client: client.clone(),
@@ -696,29 +716,9 @@ async fn trust_boundary_on_a_bare_control_plane() {
         return;
     };
     let _one = ONE_OPERATOR.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let id = format!("{:x}", std::process::id() ^ clock.subsec_nanos());
-    let run = Arc::new(Run {
-        client: client.clone(),
-        id,
-    });
-    run.install_crd().await;
+    let run = Run::start(&client, "").await;
     let operator_client = install_operator(&client, &kubeconfig).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(afs_operator::controller::run_as(
-        operator_client.clone(),
-        Arc::new(Metrics::default()),
-        OperatorAccount::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, operator) = start_operator(operator_client.clone());
     let result = tokio::spawn(trust_boundary(
         run.clone(),
         operator_client,
@@ -1231,31 +1231,14 @@ async fn admission_and_ownership_on_a_bare_control_plane() {
         return;
     };
     let _one = ONE_OPERATOR.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let id = format!("t{:x}", std::process::id() ^ clock.subsec_nanos());
-    let run = Arc::new(Run {
-        client: client.clone(),
-        id,
-    });
-    run.install_crd().await;
+    let run = Run::start(&client, "t").await;
 
     // Admission first, without an operator: nothing here is ever deployed.
     admission(&run).await;
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(afs_operator::controller::run(
-        client.clone(),
-        Arc::new(Metrics::default()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    // With the admin's rights, not the ServiceAccount's: the operator's own code must
+    // refuse, whatever RBAC and the admission policies would also stop.
+    let (stop, operator) = start_operator(client.clone());
     let result = tokio::spawn(refusals(run.clone())).await;
     let _ = stop.send(());
     let _ = operator.await;
