@@ -552,7 +552,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn loaded(name: &str, build_id: Option<&str>) -> ModuleState {
+    pub(crate) fn loaded(name: &str, build_id: Option<&str>) -> ModuleState {
         ModuleState::Loaded(LoadedModule {
             name: name.into(),
             size: 1,

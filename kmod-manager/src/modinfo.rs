@@ -624,19 +624,7 @@ mod tests {
     #[test]
     fn compressed_modules_round_trip() {
         use std::io::Write;
-        // An ELF object with a .modinfo section, built in memory.
-        let mut obj = object::write::Object::new(
-            object::BinaryFormat::Elf,
-            object::Architecture::X86_64,
-            object::Endianness::Little,
-        );
-        let sec = obj.add_section(
-            Vec::new(),
-            b".modinfo".to_vec(),
-            object::SectionKind::ReadOnlyData,
-        );
-        obj.append_section_data(sec, b"name=kafs\0vermagic=6.1.0-56-amd64 SMP \0", 1);
-        let elf = obj.write().expect("elf");
+        let elf = crate::loader::tests::ko("kafs", "6.1.0-56-amd64 SMP ", "");
         let dir = tempfile::tempdir().expect("tempdir");
         let xz = {
             let mut out = Vec::new();

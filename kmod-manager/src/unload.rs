@@ -329,7 +329,6 @@ mod tests {
     use super::*;
     use crate::loader::tests::{kafs_tree, store};
     use crate::loader::{LoadRequest, load_with};
-    use crate::state::LoadedModule;
     use crate::sys::fake::FakeKernel;
 
     fn guard(dir: &std::path::Path) -> GuardConfig {
@@ -440,15 +439,7 @@ mod tests {
     fn loaded(name: &str, build_id: &str) -> (String, ModuleState) {
         (
             name.to_owned(),
-            ModuleState::Loaded(LoadedModule {
-                name: name.into(),
-                size: 1,
-                refcount: 0,
-                holders: vec![],
-                initstate: "live".into(),
-                srcversion: None,
-                build_id: Some(build_id.into()),
-            }),
+            crate::loader::tests::loaded(name, Some(build_id)),
         )
     }
 

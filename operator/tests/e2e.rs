@@ -645,12 +645,6 @@ async fn namespaced_writes(
     client: &Client,
     namespace: &str,
 ) -> [(&'static str, Result<(), u16>); 3] {
-    let code = |r: Result<(), kube::Error>| {
-        r.map_err(|e| match e {
-            kube::Error::Api(s) => s.code,
-            other => panic!("{other}"),
-        })
-    };
     let config_map: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "probe"}})).unwrap();
     let daemon_set: DaemonSet = serde_json::from_value(json!({
@@ -665,32 +659,34 @@ async fn namespaced_writes(
     [
         (
             "ConfigMap",
-            code(
-                Api::<ConfigMap>::namespaced(client.clone(), namespace)
-                    .create(&dry_run(), &config_map)
-                    .await
-                    .map(drop),
-            ),
+            dry_create(client, namespace, &config_map).await,
         ),
         (
             "DaemonSet",
-            code(
-                Api::<DaemonSet>::namespaced(client.clone(), namespace)
-                    .create(&dry_run(), &daemon_set)
-                    .await
-                    .map(drop),
-            ),
+            dry_create(client, namespace, &daemon_set).await,
         ),
-        (
-            "Lease",
-            code(
-                Api::<Lease>::namespaced(client.clone(), namespace)
-                    .create(&dry_run(), &lease)
-                    .await
-                    .map(drop),
-            ),
-        ),
+        ("Lease", dry_create(client, namespace, &lease).await),
     ]
+}
+
+/// A dry-run create of `object` in `namespace`: `Ok`, or the refusal's HTTP code.
+async fn dry_create<K>(client: &Client, namespace: &str, object: &K) -> Result<(), u16>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match Api::<K>::namespaced(client.clone(), namespace)
+        .create(&dry_run(), object)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(status.code),
+        Err(other) => panic!("{other}"),
+    }
 }
 
 fn usage(csi_targets: usize) -> Usage {
