@@ -30,6 +30,91 @@ pub struct KmodConfig {
     pub module: Option<ModuleSettings>,
     #[serde(default)]
     pub kernel_mappings: Vec<KernelMapping>,
+    /// The AFS client `run` brings up once the module is loaded, and takes down before
+    /// it unloads the module; absent: the module only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientSettings>,
+}
+
+/// The AFS client of the node: what makes a loaded module serve the AFS root.
+///
+/// ```yaml
+/// client:
+///   cacheManager: openafs
+///   afsRoot: /afs
+///   configDir: /etc/openafs        # CellServDB + ThisCell (kafs, openafs)
+///   afsd:
+///     cacheDir: /var/cache/openafs # absent: memory cache
+///     cacheBlocks: 100000          # 1 KiB blocks
+///     options: [-dynroot, -fakestat]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientSettings {
+    pub cache_manager: CacheManagerKind,
+    /// Where the AFS root is mounted on the node (the host's mount namespace).
+    #[serde(default = "default_afs_root")]
+    pub afs_root: PathBuf,
+    /// Directory of the client configuration: `CellServDB` and `ThisCell` (kafs,
+    /// openafs; afsd's `-confdir`), `yfs-client.conf` (auristor).
+    pub config_dir: PathBuf,
+    /// auristor: directory of `cellservdb.conf` when it is not in `configDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_database_dir: Option<PathBuf>,
+    /// The cache manager daemon (openafs, auristor); ignored for kafs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afsd: Option<AfsdSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheManagerKind {
+    /// AuriStorFS: the `yfs` module and its afsd.
+    Auristor,
+    /// OpenAFS: the `openafs` module and its afsd.
+    Openafs,
+    /// The in-kernel kAFS client: cells through procfs, the dynamic root mount.
+    Kafs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AfsdSettings {
+    /// The image's afsd.
+    #[serde(default = "default_afsd_path")]
+    pub path: PathBuf,
+    /// Disk cache directory; absent: a memory cache (`-memcache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Cache size in 1 KiB blocks (`-blocks`).
+    #[serde(default = "default_cache_blocks")]
+    pub cache_blocks: u64,
+    /// Further afsd options, e.g. `-dynroot`, `-fakestat`, `-stat 2000`.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+impl Default for AfsdSettings {
+    fn default() -> Self {
+        Self {
+            path: default_afsd_path(),
+            cache_dir: None,
+            cache_blocks: default_cache_blocks(),
+            options: Vec::new(),
+        }
+    }
+}
+
+pub fn default_afs_root() -> PathBuf {
+    PathBuf::from("/afs")
+}
+
+pub fn default_afsd_path() -> PathBuf {
+    PathBuf::from("/usr/sbin/afsd")
+}
+
+pub const fn default_cache_blocks() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,7 @@ pub fn kmod_config(kmod: &KmodSpec) -> KmodConfig {
             module_dir: None,
         }),
         kernel_mappings: kmod.kernel_mappings.clone(),
+        client: None,
     }
 }
 
