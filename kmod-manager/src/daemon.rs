@@ -3,14 +3,17 @@
 //! Start: select the mapping (when configured) and check the image, verify and load.
 //! Then: ready file + `/readyz`, `/healthz`, `/metrics`, optional Node report, and with
 //! it a usage check every `--usage-interval` that updates the Node's usage annotations
-//! when they change.
-//! SIGTERM/SIGINT: unload only if the guard allows; otherwise keep the module, log why,
-//! and exit 0 (a pod being deleted must never crash-loop on "in use").
+//! when they change. With a `client` in the config, the AFS client is brought up and
+//! checked every few seconds; `/readyz` and the Node report include it.
+//! SIGTERM/SIGINT: unload only if the guard allows; otherwise keep the module (and the
+//! client), log why, and exit 0 (a pod being deleted must never crash-loop on "in
+//! use"). The client goes first: AFS root unmounted, afsd stopped, then the module.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -24,11 +27,20 @@ use tracing::{error, info, warn};
 
 use crate::app::{AppError, Context, check_image};
 use crate::cli::RunArgs;
-use crate::guard::{Decision, Usage};
+use crate::client::Client;
+use crate::guard::{Decision, Usage, without_client};
 use crate::metrics::{Metrics, ModuleLabels};
 use crate::node::NodeReporter;
 use crate::state::ModuleState;
-use crate::unload::{UnloadError, evaluate_with_usage, observe_usage, unload};
+use crate::unload::{
+    UnloadError, UnloadReport, blockers_of, evaluate, evaluate_with_usage, module_is_ours,
+    observe_usage, unload,
+};
+
+/// How often the AFS client is checked, and how long one check may take (a listing of
+/// the AFS root that hangs on a dead server makes the node not ready, never stuck).
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const CLIENT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -60,6 +72,10 @@ pub enum DaemonError {
 struct Shared {
     ctx: Context,
     ready: AtomicBool,
+    /// The configured AFS client, or why it could not be made from its configuration.
+    client: Option<Result<Client, String>>,
+    /// While the client is down (starting counts): why.
+    client_health: Mutex<Result<(), String>>,
     metrics: Metrics,
     registry: Registry,
 }
@@ -71,14 +87,55 @@ impl Shared {
         }
     }
 
-    /// Ready only when we finished loading AND the kernel still has the module live.
+    /// Ready only when we finished loading AND the kernel still has the module live
+    /// AND the configured client is up.
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+            && self.client_health().is_ok()
             && match self.ctx.paths.read_state(&self.ctx.guard.module) {
                 Ok(ModuleState::Loaded(m)) => m.initstate == "live",
                 Ok(ModuleState::BuiltIn) => true,
                 _ => false,
             }
+    }
+
+    fn client(&self) -> Option<&Client> {
+        self.client.as_ref().and_then(|c| c.as_ref().ok())
+    }
+
+    fn client_health(&self) -> Result<(), String> {
+        if self.client.is_none() {
+            return Ok(());
+        }
+        self.client_health
+            .lock()
+            .map_or_else(|_| Err("client state unknown".to_owned()), |h| h.clone())
+    }
+
+    /// Records the client's health; true when it changed.
+    fn set_client_health(&self, now: Result<(), String>) -> bool {
+        match self.client_health.lock() {
+            Ok(mut h) if *h != now => {
+                *h = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The Node's status annotation: the module, and the client when there is one.
+    fn detail(&self) -> String {
+        let module = format!("{} loaded on {}", self.ctx.guard.module, self.ctx.release);
+        match (self.client(), self.client_health()) {
+            (_, Err(why)) => format!("{module}; AFS client down: {why}"),
+            (Some(c), Ok(())) => format!(
+                "{module}; AFS client up ({}, {} serves {} cells)",
+                c.plan.kind.as_str(),
+                c.plan.afs_root.display(),
+                c.plan.expected_cells.len()
+            ),
+            (None, Ok(())) => module,
+        }
     }
 }
 
@@ -127,8 +184,11 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 /// What uses the module now (the guard's view), observed on a blocking thread; `None`,
 /// logged, when it cannot be observed.
 async fn current_usage(shared: Arc<Shared>) -> Option<Usage> {
-    match tokio::task::spawn_blocking(move || observe_usage(&shared.ctx.paths, &shared.ctx.guard))
-        .await
+    match tokio::task::spawn_blocking(move || {
+        let own_root = shared.client().map(|c| c.plan.afs_root.as_path());
+        observe_usage(&shared.ctx.paths, &shared.ctx.guard, own_root)
+    })
+    .await
     {
         Ok(Ok(usage)) => Some(usage),
         Ok(Err(e)) => {
@@ -215,9 +275,25 @@ async fn serve(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     metrics.load_seconds.set(load_ms / 1000.0);
+    let client = ctx
+        .config
+        .as_ref()
+        .and_then(|(c, _)| c.client.as_ref())
+        .map(|settings| {
+            Client::load(settings, &ctx.paths.proc).map_err(|e| {
+                error!(error = %e, "AFS client configuration refused");
+                e.to_string()
+            })
+        });
+    let client_health = match &client {
+        Some(Err(e)) => Err(e.clone()),
+        _ => Err("starting".to_owned()),
+    };
     let shared = Arc::new(Shared {
         ctx,
         ready: AtomicBool::new(true),
+        client,
+        client_health: Mutex::new(client_health),
         metrics,
         registry,
     });
@@ -259,16 +335,22 @@ async fn serve(
         }
         _ => None,
     };
+    // The client comes up (and is then checked) while /healthz answers: afsd may sweep
+    // a large disk cache first.
+    let (client_stop, client_stop_rx) = watch::channel(false);
+    let client_loop = shared.client().is_some().then(|| {
+        let (s, r) = (shared.clone(), reporter.clone());
+        tokio::spawn(async move { watch_client(s, r, client_stop_rx).await })
+    });
     // With a reporter: the start report, then the usage loop until shutdown.
     let mut usage_loop = None;
     if let Some(r) = &reporter {
         let usage = current_usage(shared.clone()).await;
-        let detail = format!(
-            "{} loaded on {}",
-            shared.ctx.guard.module, shared.ctx.release
-        );
         // What the Node is known to carry; unknown (None) after a failed report.
-        let written = match r.report(true, &detail, usage.as_ref()).await {
+        let written = match r
+            .report(shared.is_ready(), &shared.detail(), usage.as_ref())
+            .await
+        {
             Ok(()) => usage,
             Err(e) => {
                 warn!(error = %e, "node readiness report failed");
@@ -292,6 +374,12 @@ async fn serve(
 
     let sig = signal.await??;
     info!(signal = sig, "shutting down");
+    let _ = client_stop.send(true);
+    if let Some(task) = client_loop
+        && let Err(e) = task.await
+    {
+        warn!(error = %e, "client checks ended abnormally");
+    }
     // No usage write after this point: the final report below carries the usage.
     if let Some((usage_stop, task)) = usage_loop {
         let _ = usage_stop.send(true);
@@ -307,37 +395,7 @@ async fn serve(
     }
 
     let guard_shared = shared.clone();
-    let (outcome, usage) = tokio::task::spawn_blocking(move || {
-        let s = &guard_shared;
-        let (eval, usage) = match evaluate_with_usage(&s.ctx.paths, &s.ctx.guard) {
-            Ok((e, u)) => (Ok(e), Some(u)),
-            Err(e) => (Err(e), None),
-        };
-        if let Ok(e) = &eval {
-            s.metrics.guard_seconds.set(e.elapsed_ms / 1000.0);
-        }
-        let outcome = match eval {
-            Ok(e) if matches!(e.decision, Decision::Refused { .. }) => Err(UnloadError::Refused {
-                module: e.module.clone(),
-                blockers: match &e.decision {
-                    Decision::Refused { blockers } => {
-                        blockers.iter().map(ToString::to_string).collect()
-                    }
-                    _ => Vec::new(),
-                },
-            }),
-            Ok(_) => unload(
-                &s.ctx.paths,
-                &s.ctx.store,
-                &s.ctx.guard,
-                None,
-                std::time::Duration::from_secs(1),
-            ),
-            Err(e) => Err(e),
-        };
-        (outcome, usage)
-    })
-    .await?;
+    let (outcome, usage) = tokio::task::spawn_blocking(move || shut_down(&guard_shared)).await?;
     let detail = match outcome {
         Ok(report) if report.removed.is_empty() && !report.left.is_empty() => {
             info!(left = ?report.left, "module not loaded by this kmod-manager: left loaded");
@@ -356,6 +414,11 @@ async fn serve(
             warn!(module = %module, ?blockers, "module in use: keeping it loaded");
             format!("{module} kept: in use")
         }
+        Err(UnloadError::Client(e)) => {
+            shared.metrics.unload_refusals.inc();
+            warn!(error = %e, "AFS client not taken down: keeping it and the module");
+            format!("{} kept: {e}", shared.ctx.guard.module)
+        }
         Err(e) => {
             error!(error = %e, "unload failed: keeping the module");
             format!("{} kept: {e}", shared.ctx.guard.module)
@@ -370,4 +433,147 @@ async fn serve(
     server.await??;
     info!("exiting");
     Ok(())
+}
+
+/// The shutdown's unload (blocking): the guard decides first, with the client's own AFS
+/// root and references left out; only then is the client taken down and the module
+/// unloaded. Refused: nothing is stopped.
+fn shut_down(s: &Shared) -> (Result<UnloadReport, UnloadError>, Option<Usage>) {
+    let (eval, usage) = match evaluate_with_usage(&s.ctx.paths, &s.ctx.guard) {
+        Ok((e, u)) => (e, u),
+        Err(e) => return (Err(e), None),
+    };
+    s.metrics.guard_seconds.set(eval.elapsed_ms / 1000.0);
+    let client = s.client();
+    let decision = match client {
+        Some(c) => without_client(eval.decision, Some(&c.plan.afs_root)),
+        None => eval.decision,
+    };
+    if matches!(decision, Decision::Refused { .. }) {
+        let refused = UnloadError::Refused {
+            module: eval.module,
+            blockers: blockers_of(&decision),
+        };
+        return (Err(refused), Some(usage));
+    }
+    if let Some(c) = client {
+        // A module this kmod-manager did not load stays, and so does its client.
+        match module_is_ours(&s.ctx.paths, &s.ctx.store, &s.ctx.guard) {
+            Ok(true) => {
+                if let Err(e) = take_client_down(s, c) {
+                    return (Err(e), Some(usage));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return (Err(e), Some(usage)),
+        }
+    }
+    let outcome = unload(
+        &s.ctx.paths,
+        &s.ctx.store,
+        &s.ctx.guard,
+        None,
+        Duration::from_secs(1),
+    );
+    (outcome, Some(usage))
+}
+
+/// Unmounts the AFS root, checks that nothing else holds an AFS mount (a private copy
+/// of the root in some pod: the root then comes back), and stops afsd.
+fn take_client_down(s: &Shared, c: &Client) -> Result<(), UnloadError> {
+    let fs_types = &s.ctx.guard.fs_types;
+    c.unmount_root(fs_types)?;
+    let after = evaluate(&s.ctx.paths, &s.ctx.guard)?;
+    let left = without_client(after.decision, None);
+    if matches!(left, Decision::Refused { .. }) {
+        if let Err(e) = c.mount_root(fs_types) {
+            error!(error = %e, "cannot mount the AFS root again");
+        }
+        return Err(UnloadError::Refused {
+            module: after.module,
+            blockers: blockers_of(&left),
+        });
+    }
+    info!(afs_root = %c.plan.afs_root.display(), "AFS root unmounted");
+    c.stop()?;
+    Ok(())
+}
+
+/// Brings the client up, then checks it every [`CLIENT_CHECK_INTERVAL`] until `stop`:
+/// one check at a time, each bounded by [`CLIENT_CHECK_TIMEOUT`]. A change of health is
+/// logged and reported on the Node.
+async fn watch_client(
+    shared: Arc<Shared>,
+    reporter: Option<NodeReporter>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let s = shared.clone();
+    let started = tokio::task::spawn_blocking(move || match s.client() {
+        Some(c) => c.start(&s.ctx.guard.fs_types).map_err(|e| e.to_string()),
+        None => Err("no client".to_owned()),
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = started {
+        error!(error = %e, "AFS client did not start");
+        apply_client_health(
+            &shared,
+            reporter.as_ref(),
+            Err(format!("start failed: {e}")),
+        )
+        .await;
+        return;
+    }
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+    loop {
+        let check = in_flight.get_or_insert_with(|| {
+            let s = shared.clone();
+            tokio::task::spawn_blocking(move || match s.client() {
+                Some(c) => c.health(&s.ctx.guard.fs_types),
+                None => Ok(()),
+            })
+        });
+        let health = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            done = tokio::time::timeout(CLIENT_CHECK_TIMEOUT, check) => match done {
+                Ok(joined) => {
+                    in_flight = None;
+                    joined.unwrap_or_else(|e| Err(e.to_string()))
+                }
+                Err(_) => Err(format!(
+                    "the AFS root did not answer within {}",
+                    humantime::format_duration(CLIENT_CHECK_TIMEOUT)
+                )),
+            },
+        };
+        apply_client_health(&shared, reporter.as_ref(), health).await;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(CLIENT_CHECK_INTERVAL) => {}
+        }
+    }
+}
+
+async fn apply_client_health(
+    shared: &Arc<Shared>,
+    reporter: Option<&NodeReporter>,
+    health: Result<(), String>,
+) {
+    if !shared.set_client_health(health.clone()) {
+        return;
+    }
+    match &health {
+        Ok(()) => info!(detail = %shared.detail(), "AFS client up"),
+        Err(why) => warn!(reason = %why, "AFS client down: node not ready"),
+    }
+    shared.metrics.ready.set(i64::from(shared.is_ready()));
+    if let Some(r) = reporter {
+        let usage = current_usage(shared.clone()).await;
+        if let Err(e) = r
+            .report(shared.is_ready(), &shared.detail(), usage.as_ref())
+            .await
+        {
+            warn!(error = %e, "node readiness report failed");
+        }
+    }
 }

@@ -147,6 +147,33 @@ pub fn decide(facts: Facts<'_>) -> Decision {
     }
 }
 
+/// The decision for taking the client down (pure): the client's own AFS root, mounted
+/// at `afs_root` in the host's namespace and copied into others by propagation, and the
+/// references the root and afsd hold, do not block: the teardown removes them before
+/// the module goes. Everything else still does.
+/// With `afs_root` `None` (the root already unmounted) only the references are left out:
+/// a mount left at the root's path is then someone's private copy.
+pub fn without_client(decision: Decision, afs_root: Option<&Path>) -> Decision {
+    match decision {
+        Decision::Refused { blockers } => {
+            let rest: Vec<Blocker> = blockers
+                .into_iter()
+                .filter(|b| match b {
+                    Blocker::Refcount { .. } => false,
+                    Blocker::Mount { mount_point, .. } => Some(mount_point.as_path()) != afs_root,
+                    _ => true,
+                })
+                .collect();
+            if rest.is_empty() {
+                Decision::Safe
+            } else {
+                Decision::Refused { blockers: rest }
+            }
+        }
+        other => other,
+    }
+}
+
 /// The module itself, as far as usage goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(
@@ -588,6 +615,50 @@ mod tests {
             let d = decide(Facts { state: &s, namespaces: &namespaces, fs_types: &fs, csi_targets: &[] });
             let any_mount = types.iter().flatten().any(|t| t == "afs" || t == "yfs");
             prop_assert_eq!(d.is_safe(), refcount == 0 && holders.is_empty() && !any_mount);
+        }
+    }
+
+    #[test]
+    fn the_client_s_own_root_and_references_do_not_block_its_teardown() {
+        let root_mount = |ns: u64, at: &str| Blocker::Mount {
+            namespace: ns,
+            mount_point: at.into(),
+            fs_type: "afs".into(),
+            source: Some("none".into()),
+            pids: vec![1],
+            pid_count: 1,
+        };
+        let refused = |blockers| Decision::Refused { blockers };
+        let afs = Some(Path::new("/afs"));
+        // The host's root, a peer copy in the CSI pod, the references: safe.
+        let own = refused(vec![
+            root_mount(1, "/afs"),
+            root_mount(2, "/afs"),
+            Blocker::Refcount { refcount: 2 },
+        ]);
+        assert_eq!(without_client(own.clone(), afs), Decision::Safe);
+        // With the root gone, a mount left at /afs is someone's private copy.
+        assert!(matches!(
+            without_client(own, None),
+            Decision::Refused { .. }
+        ));
+        // A pod's mount elsewhere, and a published target, still block.
+        let used = refused(vec![
+            root_mount(1, "/afs"),
+            root_mount(3, "/mnt/afs"),
+            Blocker::CsiTarget {
+                target_path: "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/v/mount".into(),
+                pod_uid: "p".into(),
+                volume: "v".into(),
+                namespaces: vec![1],
+            },
+        ]);
+        match without_client(used, afs) {
+            Decision::Refused { blockers } => {
+                assert_eq!(blockers.len(), 2);
+                assert!(blockers.iter().all(|b| !matches!(b, Blocker::Mount { mount_point, .. } if mount_point == Path::new("/afs"))));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Unloading through the guard: observe, decide, then `delete_module(O_NONBLOCK)`.
 
 use std::ffi::CString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -49,6 +49,8 @@ pub enum UnloadError {
     Name(String),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
 }
 
 /// Everything observed for one decision.
@@ -121,9 +123,19 @@ pub fn evaluate_with_usage(
     ))
 }
 
-/// Observes what uses the module, without deciding anything.
-pub fn observe_usage(paths: &SysPaths, cfg: &GuardConfig) -> Result<Usage, UnloadError> {
-    let obs = observe(paths, cfg)?;
+/// Observes what uses the module, without deciding anything. Mounts at `own_root` (the
+/// AFS root of the client kmod-manager runs) are the client's, not a use.
+pub fn observe_usage(
+    paths: &SysPaths,
+    cfg: &GuardConfig,
+    own_root: Option<&Path>,
+) -> Result<Usage, UnloadError> {
+    let mut obs = observe(paths, cfg)?;
+    if let Some(root) = own_root {
+        for ns in &mut obs.namespaces {
+            ns.mounts.retain(|m| m.mount_point != root);
+        }
+    }
     Ok(usage(obs.facts(cfg)))
 }
 
@@ -171,7 +183,18 @@ pub fn plan_unload(chain: &[(String, ModuleState)], record: &Record) -> UnloadPl
     plan
 }
 
-fn blockers_of(d: &Decision) -> Vec<String> {
+/// Whether this kmod-manager inserted the module (so an unload would remove it).
+pub fn module_is_ours(
+    paths: &SysPaths,
+    store: &RecordStore,
+    cfg: &GuardConfig,
+) -> Result<bool, UnloadError> {
+    let record = store.lock(&paths.boot_id())?.record;
+    let module_only = chain_states(paths, &cfg.module, &[])?;
+    Ok(plan_unload(&module_only, &record).left.is_empty())
+}
+
+pub(crate) fn blockers_of(d: &Decision) -> Vec<String> {
     match d {
         Decision::Refused { blockers } => blockers.iter().map(ToString::to_string).collect(),
         _ => Vec::new(),

@@ -81,7 +81,8 @@ cell_down() {
     done
 }
 
-# OpenAFS client: openafs.ko through kmod-manager, then afsd (memory cache, dynamic root).
+# The cell's client side by hand, for cell-init only (it prepares the cell's volumes
+# before any scenario runs): openafs.ko through kmod-manager, then afsd.
 openafs_client_up() {
     run_km /tmp/load-openafs.log load --config /kmt/etc/openafs.yaml || return 1
     afsd -memcache -dynroot -fakestat -blocks 20000 -stat 2000 -daemons 2 -volumes 64 -nosettime >/tmp/afsd.log 2>&1 || { cat /tmp/afsd.log; return 1; }
@@ -93,12 +94,55 @@ openafs_client_down() {
     true
 }
 
-# kAFS client: kafs through kmod-manager, the cell, the dynamic root on /afs.
-kafs_client_up() {
-    run_km /tmp/load-kafs.log load --config /kmt/etc/kafs.yaml || return 1
-    echo "add $CELL $ADDR" > /proc/fs/afs/cells || return 1
-    mount -t afs none /afs -o dyn
+# The node's AFS client through the stack, as the kmod pod runs it: `kmod-manager run`
+# with the config the operator writes (module + client) and the maps it mounts: the
+# cell's CellServDB and ThisCell in /etc/openafs (cell_config). Nothing is done by hand.
+# km_config kafs|openafs [AFSD]: the config on stdout (AFSD: afsd's path).
+km_config() {
+    case $1 in
+    kafs) printf 'moduleVersion: "kernel"\nmodule:\n  name: kafs\n  filesystemTypes: [afs]\n' ;;
+    openafs) printf 'moduleVersion: "dkms"\nmodule:\n  name: openafs\n  filesystemTypes: [afs]\n' ;;
+    esac
+    printf 'client:\n  cacheManager: %s\n  afsRoot: /afs\n  configDir: /etc/openafs\n' "$1"
+    [ "$1" = openafs ] && printf '  afsd:\n    path: %s\n    cacheBlocks: 20000\n    options: [-dynroot, -fakestat, -stat, "2000", -daemons, "2", -volumes, "64", -nosettime]\n' "${2:-/usr/sbin/afsd}"
+    true
 }
+# stack_up kafs|openafs: starts the daemon (PID in KM_PID, log /tmp/km.log) and waits
+# until /readyz answers ready: module loaded AND the AFS root serving the cells.
+stack_up() {
+    km_config "$1" > /tmp/km-$1.yaml
+    mkdir -p /run/kmod-manager
+    RUST_LOG=info $KM run --config /tmp/km-$1.yaml --state-dir /run/kmod-manager \
+        --ready-file /run/kmod-manager/ready --listen 127.0.0.1:9808 >>/tmp/km.log 2>&1 &
+    KM_PID=$!
+    readyz_within 120
+}
+# readyz_within SECONDS: /readyz answers ready in time.
+readyz_within() {
+    i=0
+    while [ $i -lt $(($1 * 5)) ]; do
+        $BB wget -q -O - http://127.0.0.1:9808/readyz 2>/dev/null | grep -q '^ready' && return 0
+        $BB usleep 200000; i=$((i + 1))
+    done
+    sed 's/^/    | /' /tmp/km.log; return 1
+}
+# stack_down: SIGTERM, as kubelet stops the pod; the daemon's exit status.
+stack_down() { kill -TERM $KM_PID; wait $KM_PID; }
+# afs_root_is MAGIC: /afs is mounted with that statfs magic and lists the test cell.
+afs_root_is() { grep -q ' /afs afs ' /proc/mounts && [ "$(stat -f -c %t /afs)" = "$1" ] && ls /afs | grep -qx $CELL; }
+# client_kept MODULE MAGIC: the client and its module still up.
+client_kept() { afs_root_is "$2" && grep -q "^$1 " /proc/modules; }
+# in_order FILE PATTERN...: each pattern is in FILE, each first seen after the previous.
+in_order() {
+    f=$1; shift; last=0
+    for p in "$@"; do
+        n=$(grep -n -m1 -- "$p" "$f" | cut -d: -f1)
+        [ -n "$n" ] && [ "$n" -gt "$last" ] || return 1
+        last=$n
+    done
+}
+# afs_down: /afs is no AFS mount, no afsd process is left, no AFS module is loaded.
+afs_down() { ! grep -q ' /afs afs ' /proc/mounts && ! pgrep -x afsd >/dev/null && ! grep -qE '^(kafs|openafs) ' /proc/modules; }
 
 # csi_start CACHE_MANAGER [WRAPPER...]: the CSI driver in node mode on $SOCK (started
 # through WRAPPER, e.g. unshare, when given), allowing the test cell, root mounts and

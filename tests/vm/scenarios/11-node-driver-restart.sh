@@ -4,7 +4,8 @@
 # and unpublishes.
 step "cell up"
 check "the cell $CELL is up" cell_up
-check "kmod-manager loads kafs; /afs is the dynamic root" kafs_client_up
+check "the stack brings the client up: kmod-manager run loads kafs, gives it the cells, mounts the dynamic root" stack_up kafs
+check "/afs is the kAFS dynamic root listing $CELL" afs_root_is 6b414653
 check "csi-driver (node, kafs) answers" csi_start kafs
 VOL="--attr mount-type=volume --attr cell-name=$CELL --attr volume-name=$TESTVOL"
 T1=$(target pod-k1 pv-k1) T2=$(target pod-k2 pv-root)
@@ -25,4 +26,7 @@ check "unpublish pod-k1 after the restart" unpublish $T1 vol-k
 check "unpublish pod-k2 after the restart" unpublish $T2 root-k
 check "both targets are unmounted and gone" sh -c "! grep -q kubernetes.io~csi /proc/mounts && [ ! -e $T1 ] && [ ! -e $T2 ]"
 check "the data written before and after the kill is in AFS" sh -c "grep -qx before-kill /afs/$CELL/$TESTVOL/restart.txt && grep -qx after-kill /afs/$CELL/$TESTVOL/restart.txt"
+step "the pod stops (SIGTERM): client down, then the module"
+check "kmod-manager exits 0" stack_down
+check "/afs unmounted and kafs unloaded" afs_down
 check "no kernel oops" no_oops

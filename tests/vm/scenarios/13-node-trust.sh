@@ -9,9 +9,7 @@
 # and cells outside the allow-list are refused; unpublish leaves a foreign mount alone.
 step "cell up"
 check "the cell $CELL is up" cell_up
-step "kafs loaded, /afs not yet the dynamic root"
-check "kmod-manager loads kafs" run_km /tmp/load-kafs.log load --config /kmt/etc/kafs.yaml
-check "the cell is given to kAFS" sh -c "echo 'add $CELL $ADDR' > /proc/fs/afs/cells"
+step "/afs not yet the dynamic root"
 # gone DIR: nothing is mounted at or below DIR and it does not exist.
 gone() { [ -z "$(mounts_under "$1")" ] && [ ! -e "$1" ]; }
 mkdir -p /afs $KUBELET
@@ -26,8 +24,8 @@ check "a root publish while /afs is a plain directory is refused, naming it" \
     refused /tmp/notafs.out "/afs is not the AFS filesystem" publish --volume-id r --target $T $ROOT --readonly
 show cat /tmp/notafs.out
 check "nothing is mounted or left at the target" gone $T
-step "/afs becomes the dynamic root"
-check "mount the kAFS dynamic root on /afs" mount -t afs none /afs -o dyn
+step "/afs becomes the dynamic root: the stack brings the client up"
+check "kmod-manager run: kafs loaded, the cells given, /afs mounted" stack_up kafs
 show stat -f -c 'statfs type of /afs: %t' /afs
 check "the dynamic root reports the kAFS magic 6b414653" sh -c "stat -f -c %t /afs | grep -qx 6b414653"
 step "a read-only root publish"
@@ -67,4 +65,7 @@ umount $T3
 check "a cell outside --allowed-cells is refused" \
     refused /tmp/cell.out "cell-name" publish --volume-id v --target $T2 --attr mount-type=volume --attr cell-name=grand.central.org --attr volume-name=root.cell
 check "no mount of the driver is left" sh -c "! grep -q kubernetes.io~csi /proc/mounts"
+step "the kmod pod stops: the client goes, in every namespace"
+check "kmod-manager exits 0" stack_down
+check "/afs unmounted and kafs unloaded" afs_down
 check "no kernel oops" no_oops

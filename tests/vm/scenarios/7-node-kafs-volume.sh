@@ -6,7 +6,8 @@
 step "cell up"
 check "the cell $CELL is up (ptserver, vlserver, fileserver, volserver on $ADDR)" cell_up
 step "kafs loaded by kmod-manager, AFS root mounted"
-check "kmod-manager loads kafs and its chain; /afs is the dynamic root" kafs_client_up
+check "the stack brings the client up: kmod-manager run loads kafs, gives it the cells, mounts the dynamic root" stack_up kafs
+check "/afs is the kAFS dynamic root listing $CELL" afs_root_is 6b414653
 check "csi-driver (node, kafs) answers on $SOCK" csi_start kafs
 VOL="--attr mount-type=volume --attr cell-name=$CELL --attr volume-name=$TESTVOL"
 T1=$(target pod-a pv-a) T2=$(target pod-b pv-b) T3=$(target pod-c pv-c)
@@ -29,4 +30,7 @@ for t in $T1 $T2 $T3; do
     check "unpublish $t" unpublish $t vol
     check "$t is unmounted and gone" sh -c "! grep -q ' $t ' /proc/mounts && [ ! -e $t ]"
 done
+step "the pod stops (SIGTERM): client down, then the module"
+check "kmod-manager exits 0" stack_down
+check "/afs unmounted and kafs unloaded" afs_down
 check "no kernel oops" no_oops

@@ -4,7 +4,8 @@
 step "cell up"
 check "the cell $CELL is up" cell_up
 step "kafs loaded by kmod-manager, AFS root mounted"
-check "kmod-manager loads kafs; /afs is the dynamic root" kafs_client_up
+check "the stack brings the client up: kmod-manager run loads kafs, gives it the cells, mounts the dynamic root" stack_up kafs
+check "/afs is the kAFS dynamic root listing $CELL" afs_root_is 6b414653
 check "csi-driver (node, kafs) answers" csi_start kafs
 T=$(target pod-r pv-root)
 check "publish mount-type=root" publish $T root-1 --attr mount-type=root
@@ -15,4 +16,7 @@ show ls -la $T/$CELL/$TESTVOL
 check "a file written under the root target reads back through /afs" sh -c "echo via-root > $T/$CELL/$TESTVOL/root.txt && grep -qx via-root /afs/$CELL/$TESTVOL/root.txt"
 check "unpublish" unpublish $T root-1
 check "the target and its submounts are gone" sh -c "! grep -q ' $T' /proc/mounts && [ ! -e $T ]"
+step "the pod stops (SIGTERM): client down, then the module"
+check "kmod-manager exits 0" stack_down
+check "/afs unmounted and kafs unloaded" afs_down
 check "no kernel oops" no_oops
