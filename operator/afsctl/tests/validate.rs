@@ -20,7 +20,8 @@ fn valid() -> Value {
                 ],
                 "mapVolumes": [
                     {"name": "etc-yfs", "target": "/etc/yfs", "configMap": {"name": "etc-yfs"}},
-                    {"name": "yfs-cache", "target": "/var/cache/yfs", "hostPath": {"path": "/var/cache/yfs"}}
+                    {"name": "yfs-cache", "target": "/var/cache/yfs", "hostPath": {"path": "/var/cache/yfs"}},
+                    {"name": "etc-openafs", "target": "/etc/openafs", "configMap": {"name": "etc-openafs"}}
                 ]
             },
             "csi": {
