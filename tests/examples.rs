@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use afs_operator::crd::{CacheManager, DEFAULT_DRIVER_NAME, SpecialResource};
 use afs_operator::group;
 use afs_repo_tests::repo_root;
+use afsctl::validate::{MapKeys, client_files};
 use csi_driver::volume::{VolumeSpec, parse_attributes};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, PodSpec};
@@ -193,6 +194,24 @@ fn special_resources_are_admitted_as_the_api_server_would() {
                 "{origin}: no map volume at {target}"
             );
         }
+        // The AFS client reads its configuration and cell database from the maps and
+        // keeps its disk cache on the node.
+        let client = &sr.spec.client;
+        assert_eq!(
+            client.config_dir(CacheManager::Auristor),
+            "/etc/yfs",
+            "{origin}"
+        );
+        assert_eq!(
+            client.cell_database_dir.as_deref(),
+            Some("/usr/share/yfs"),
+            "{origin}"
+        );
+        assert_eq!(
+            client.cache.directory.as_deref(),
+            Some("/var/cache/yfs"),
+            "{origin}"
+        );
         if let Some(class) = &sr.spec.csi.storage_class {
             let attributes: HashMap<String, String> =
                 class.parameters.clone().into_iter().collect();
@@ -970,6 +989,24 @@ fn create_maps_creates_every_map_the_special_resources_mount() {
                 "{kind} {name} is not rendered"
             );
         }
+
+        // The maps hold every file the SR's AFS client reads (afsctl's own check).
+        let rendered: Vec<MapKeys> = referenced_maps(&sr)
+            .into_iter()
+            .map(|(kind, name)| {
+                let call = run
+                    .create_call(kind, &name)
+                    .expect("rendered, as checked above");
+                let keys = call.files.keys().cloned().collect();
+                MapKeys { kind, name, keys }
+            })
+            .collect();
+        assert_eq!(
+            client_files(&sr, &rendered),
+            Vec::<String>::new(),
+            "{}",
+            path.display()
+        );
 
         // What the client reads from each map.
         let map_at = |target: &str| {

@@ -413,6 +413,8 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
     let index = GroupIndex::new(sr, &observed);
     let mut views = Vec::new();
     let mut serving_nodes = 0;
+    // `node: detail` of the nodes kmod-manager reports not ready, for the status.
+    let mut kmod_not_ready = Vec::new();
     for node in observed
         .nodes
         .iter()
@@ -423,6 +425,9 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
         let serving = observe::serves(&view, &revision);
         let kernel_label = observe::node_kernel(node).map(objects::kernel_label_value);
         serving_nodes += u32::from(serving);
+        if let Some(detail) = observe::kmod_not_ready(node).filter(|_| !serving) {
+            kmod_not_ready.push(format!("{node_name}: {detail}"));
+        }
         if let Some(patch) = nodes::node_patch(node, kernel_label.as_deref(), !serving) {
             patch_node(ctx, &node_name, &patch).await?;
         }
@@ -459,7 +464,15 @@ async fn apply(sr: &SpecialResource, ctx: &Context) -> Result<Action, Error> {
                 .collect(),
         })
         .collect();
-    let (verdicts, state) = verdicts(sr, &counts, &plan, &failed, &overlap_message, &desired);
+    let (verdicts, state) = verdicts(
+        sr,
+        &counts,
+        &plan,
+        &failed,
+        &overlap_message,
+        &desired,
+        &kmod_not_ready,
+    );
     let status = SpecialResourceStatus {
         group: Some(group::selector_string(&sr.spec.node_selector)),
         ready_nodes: Some(format!("{}/{}", counts.ready, counts.total)),
@@ -549,7 +562,38 @@ fn describe(summary: &rollout::Summary) -> String {
     text
 }
 
+/// At most this many nodes are named in the Ready condition's message.
+const NAMED_NOT_READY: usize = 5;
+
+/// The Ready condition's message while nodes are not ready: the count, then what
+/// kmod-manager says on the first [`NAMED_NOT_READY`] nodes whose module or AFS client
+/// is down (`node: detail`), e.g. `2/3 nodes ready; kmod-manager reports n2: afsd
+/// exited (status 1)`.
+fn not_ready_message(nodes: &str, kmod_not_ready: &[String]) -> String {
+    if kmod_not_ready.is_empty() {
+        return nodes.to_owned();
+    }
+    let mut text = format!(
+        "{nodes}; kmod-manager reports {}",
+        kmod_not_ready
+            .iter()
+            .take(NAMED_NOT_READY)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if kmod_not_ready.len() > NAMED_NOT_READY {
+        text.push_str(&format!(
+            "; and {} more node(s)",
+            kmod_not_ready.len() - NAMED_NOT_READY
+        ));
+    }
+    text
+}
+
 /// Conditions and the printer-column state, from what this reconcile found (pure).
+/// `kmod_not_ready`: `node: detail` of the nodes whose module or AFS client
+/// kmod-manager reports down.
 fn verdicts(
     sr: &SpecialResource,
     counts: &NodeCounts,
@@ -557,6 +601,7 @@ fn verdicts(
     failed: &[&str],
     overlap: &str,
     desired: &Desired,
+    kmod_not_ready: &[String],
 ) -> ([Verdict; 3], &'static str) {
     let ready = counts.total > 0 && counts.ready == counts.total;
     // (reason, message); the first problem names the Degraded reason.
@@ -601,7 +646,12 @@ fn verdicts(
             } else if counts.total == 0 {
                 Verdict::new(READY, false, "NoNodes", "no node matches nodeSelector")
             } else {
-                Verdict::new(READY, false, "NodesNotReady", nodes.clone())
+                Verdict::new(
+                    READY,
+                    false,
+                    "NodesNotReady",
+                    not_ready_message(&nodes, kmod_not_ready),
+                )
             },
             if progressing {
                 Verdict::new(PROGRESSING, true, "RollingOut", describe(&plan.summary))
@@ -1253,6 +1303,25 @@ async fn release_namespace(sr: &SpecialResource, ctx: &Context) -> Result<(), Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ready_message_names_what_kmod_manager_reports_on_the_first_nodes() {
+        assert_eq!(not_ready_message("2/3 nodes ready", &[]), "2/3 nodes ready");
+        assert_eq!(
+            not_ready_message(
+                "2/3 nodes ready",
+                &["n2: afsd exited (status 1)".to_owned()]
+            ),
+            "2/3 nodes ready; kmod-manager reports n2: afsd exited (status 1)"
+        );
+        let many: Vec<String> = (1..=7).map(|i| format!("n{i}: loading yfs")).collect();
+        let message = not_ready_message("0/7 nodes ready", &many);
+        assert!(
+            message.contains("n5: loading yfs; and 2 more node(s)"),
+            "{message}"
+        );
+        assert!(!message.contains("n6"), "{message}");
+    }
 
     #[test]
     fn an_owned_object_maps_to_its_cluster_scoped_sr() {

@@ -66,6 +66,11 @@ pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(config_dir_mapped_rule()).message(Message::Expression(config_dir_mapped_message())))]
+#[x_kube(validation = Rule::new(format!("!has(self.client) || !has(self.client.cache) || !has(self.client.cache.directory) || {}", mapped("self.client.cache.directory", " && has(v.hostPath)"))).message(Message::Expression("'client.cache.directory ' + self.client.cache.directory + ' is not the target of a hostPath kmod.mapVolumes entry: afsd keeps its disk cache there, on the node; map a hostPath there, or leave client.cache.directory out for a memory cache'".into())))]
+#[x_kube(validation = Rule::new(format!("!has(self.client) || !has(self.client.cellDatabaseDir) || {CEL_CACHE_MANAGER} == 'auristor'")).message("client.cellDatabaseDir needs cacheManager auristor (the directory of its cellservdb.conf); openafs and kafs read CellServDB from client.configDir"))]
+#[x_kube(validation = Rule::new(format!("!has(self.client) || !has(self.client.cellDatabaseDir) || {}", mapped("self.client.cellDatabaseDir", ""))).message(Message::Expression("'client.cellDatabaseDir ' + self.client.cellDatabaseDir + ' is not the target of any kmod.mapVolumes entry: the auristor client reads cellservdb.conf from it; map a ConfigMap there'".into())))]
+#[x_kube(validation = Rule::new(format!("!has(self.client) || !has(self.client.afsdOptions) || size(self.client.afsdOptions) == 0 || {CEL_CACHE_MANAGER} != 'kafs'")).message("client.afsdOptions needs cacheManager auristor or openafs: with kafs the kernel is the AFS client and no afsd runs; remove them"))]
 pub struct SpecialResourceSpec {
     /// Namespace of this group's module and CSI objects. The operator creates it when
     /// missing and marks it as this SpecialResource's; an existing namespace without
@@ -82,8 +87,49 @@ pub struct SpecialResourceSpec {
     pub node_selector: BTreeMap<String, String>,
     pub kmod: KmodSpec,
     pub csi: CsiSpec,
+    /// The AFS client kmod-manager brings up on each node once the module is loaded,
+    /// and takes down before unloading it: afsd mounting the AFS root (`csi.afsRoot`)
+    /// with openafs and auristor; with kafs, the cells of `CellServDB` added to the
+    /// kernel and its dynamic root mounted there. Its files come from
+    /// `kmod.mapVolumes`.
+    // Left out of the JSON at its default, so the revision of an SR stored before the
+    // field existed stays the same.
+    #[serde(default, skip_serializing_if = "ClientSpec::is_default")]
+    pub client: ClientSpec,
     #[serde(default)]
     pub rollout: RolloutSpec,
+}
+
+/// CEL: `csi.cacheManager`, `auristor` when unset (its default).
+const CEL_CACHE_MANAGER: &str = "(has(self.csi.cacheManager) ? self.csi.cacheManager : 'auristor')";
+
+/// CEL: some `kmod.mapVolumes` entry has the target `path` (and meets `also`, a CEL
+/// condition on the entry `v` starting with ` && `, or empty).
+fn mapped(path: &str, also: &str) -> String {
+    format!(
+        "(has(self.kmod.mapVolumes) && self.kmod.mapVolumes.exists(v, v.target == {path}{also}))"
+    )
+}
+
+/// CEL: the client's configuration directory, `client.configDir` or the cache
+/// manager's default (see [`ClientSpec::config_dir`]).
+fn cel_config_dir() -> String {
+    format!(
+        "(has(self.client) && has(self.client.configDir) ? self.client.configDir : ({CEL_CACHE_MANAGER} == 'auristor' ? '{AURISTOR_CONFIG_DIR}' : '{OPENAFS_CONFIG_DIR}'))"
+    )
+}
+
+fn config_dir_mapped_rule() -> String {
+    mapped(&cel_config_dir(), "")
+}
+
+/// E.g. `client.configDir /etc/openafs is not the target of any kmod.mapVolumes entry:
+/// the openafs client reads CellServDB and ThisCell from it; map a ConfigMap there`.
+fn config_dir_mapped_message() -> String {
+    format!(
+        "'client.configDir ' + {dir} + ' is not the target of any kmod.mapVolumes entry: the ' + {CEL_CACHE_MANAGER} + ' client reads ' + ({CEL_CACHE_MANAGER} == 'auristor' ? '{AURISTOR_CONFIG}' : '{CELL_SERV_DB} and {THIS_CELL}') + ' from it; map a ConfigMap there'",
+        dir = cel_config_dir()
+    )
 }
 
 /// The kernel module and its driver container.
@@ -342,6 +388,146 @@ impl CacheManager {
             Self::Kafs => "kafs",
         }
     }
+}
+
+/// `client.configDir` of auristor when unset.
+pub const AURISTOR_CONFIG_DIR: &str = "/etc/yfs";
+/// `client.configDir` of openafs and kafs when unset.
+pub const OPENAFS_CONFIG_DIR: &str = "/etc/openafs";
+/// The files the AFS client reads from `client.configDir` (and, for auristor,
+/// [`AURISTOR_CELL_DATABASE`] from there or `client.cellDatabaseDir`).
+pub const CELL_SERV_DB: &str = "CellServDB";
+pub const THIS_CELL: &str = "ThisCell";
+pub const AURISTOR_CONFIG: &str = "yfs-client.conf";
+pub const AURISTOR_CELL_DATABASE: &str = "cellservdb.conf";
+/// `client.cache.sizeKiB` when unset.
+pub const DEFAULT_CACHE_KIB: u64 = kmod_manager::config::default_cache_blocks();
+/// afsd options kmod-manager sets itself (from `csi.afsRoot`, `client.configDir` and
+/// `client.cache`), or that would break its afsd lifecycle (`-nomount`, `-shutdown`);
+/// refused in `client.afsdOptions`, abbreviations included.
+pub const RESERVED_AFSD_OPTIONS: [&str; 7] = [
+    "-mountdir",
+    "-cachedir",
+    "-blocks",
+    "-confdir",
+    "-memcache",
+    "-nomount",
+    "-shutdown",
+];
+
+/// The AFS client of the group's nodes (`spec.client`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSpec {
+    /// Directory of the client configuration, the target of a `kmod.mapVolumes` entry
+    /// (a ConfigMap, usually). Default: `/etc/yfs` for auristor, `/etc/openafs` for
+    /// openafs and kafs. Required files: openafs and kafs: `CellServDB` and `ThisCell`
+    /// (OpenAFS formats); auristor: `yfs-client.conf`, and `cellservdb.conf` here or
+    /// in `cellDatabaseDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = ABSOLUTE_PATH))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..')").message("client.configDir must not contain '..'"))]
+    pub config_dir: Option<String>,
+    /// auristor only: the directory of `cellservdb.conf` when it is not in
+    /// `configDir`, the target of a `kmod.mapVolumes` entry, e.g. `/usr/share/yfs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = ABSOLUTE_PATH))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..')").message("client.cellDatabaseDir must not contain '..'"))]
+    pub cell_database_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "CacheSpec::is_default")]
+    pub cache: CacheSpec,
+    /// Further afsd options, one token each: an option (`-dynroot`, `-stat`) or its
+    /// value (`2000`), e.g. `[-dynroot, -fakestat, -stat, "2000"]`. kmod-manager sets
+    /// `-mountdir`, `-cachedir`, `-blocks`, `-confdir` and `-memcache` itself, and
+    /// runs `-shutdown`; those and `-nomount` are refused. openafs and auristor only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(
+            length(min = 1, max = 128),
+            regex(pattern = r"^(-[A-Za-z0-9][A-Za-z0-9-]*|[A-Za-z0-9._/:][A-Za-z0-9._/:-]*)$")
+        )
+    )]
+    #[x_kube(validation = Rule::new(reserved_afsd_options_rule()).message(Message::Expression(reserved_afsd_options_message())))]
+    pub afsd_options: Vec<String>,
+}
+
+/// CEL: whether the afsd option `option` is one of [`RESERVED_AFSD_OPTIONS`] or an
+/// abbreviation of one (afsd's parser takes unique prefixes).
+fn cel_reserved(option: &str) -> String {
+    let list = RESERVED_AFSD_OPTIONS.map(|o| format!("'{o}'")).join(", ");
+    format!("[{list}].exists(r, r.startsWith({option}))")
+}
+
+fn reserved_afsd_options_rule() -> String {
+    format!("!self.exists(o, {})", cel_reserved("o"))
+}
+
+fn reserved_afsd_options_message() -> String {
+    format!(
+        "'client.afsdOptions: ' + self.filter(o, {})[0] + ' is set by kmod-manager itself ({}, or an abbreviation of one: from csi.afsRoot, client.configDir and client.cache, or its own afsd lifecycle); remove it'",
+        cel_reserved("o"),
+        RESERVED_AFSD_OPTIONS.join(", ")
+    )
+}
+
+impl ClientSpec {
+    /// Serialized only when set (see [`SpecialResourceSpec::client`]).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `configDir`, or the default of `cache_manager`.
+    pub fn config_dir(&self, cache_manager: CacheManager) -> &str {
+        self.config_dir.as_deref().unwrap_or(match cache_manager {
+            CacheManager::Auristor => AURISTOR_CONFIG_DIR,
+            CacheManager::Openafs | CacheManager::Kafs => OPENAFS_CONFIG_DIR,
+        })
+    }
+}
+
+/// afsd's cache (openafs, auristor; ignored for kafs).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Disk cache directory: the target of a `hostPath` entry of `kmod.mapVolumes`
+    /// (the cache stays on the node). Absent: a memory cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = ABSOLUTE_PATH))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..')").message("client.cache.directory must not contain '..'"))]
+    pub directory: Option<String>,
+    /// Cache size in KiB (afsd's 1 KiB blocks), from 1 MiB to 1 TiB.
+    #[serde(
+        rename = "sizeKiB",
+        default = "default_cache_kib",
+        skip_serializing_if = "is_default_cache_kib"
+    )]
+    #[schemars(range(min = 1024, max = 1_073_741_824), extend("default" = DEFAULT_CACHE_KIB))]
+    pub size_kib: u64,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            directory: None,
+            size_kib: DEFAULT_CACHE_KIB,
+        }
+    }
+}
+
+impl CacheSpec {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_cache_kib() -> u64 {
+    DEFAULT_CACHE_KIB
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_default_cache_kib(size: &u64) -> bool {
+    *size == DEFAULT_CACHE_KIB
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

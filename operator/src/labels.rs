@@ -45,8 +45,12 @@ pub const PUBLISHED_VOLUMES_ANNOTATION: &str = kmod_manager::node::PUBLISHED_VOL
 pub const READINESS_TAINT: &str = "afs.csi.auristor.com/not-ready";
 /// kmod-manager's own NoSchedule taint (module not loaded yet).
 pub const KMOD_READINESS_TAINT: &str = kmod_manager::cli::DEFAULT_READINESS_TAINT;
-/// Label kmod-manager sets to "true" once the module is loaded and live.
+/// Label kmod-manager sets to "true" once the module is loaded and live (and the AFS
+/// client up), "false" otherwise.
 pub const KMOD_READY_LABEL: &str = kmod_manager::cli::DEFAULT_READY_LABEL;
+/// kmod-manager's word on its node beside [`KMOD_READY_LABEL`], e.g. `kafs loaded`,
+/// `afsd exited (status 1)`.
+pub const KMOD_STATUS_ANNOTATION: &str = kmod_manager::node::STATUS_ANNOTATION;
 /// On nodes of a deleted SR: set once nothing on the node uses the driver's volumes; the
 /// SR's DaemonSets do not run where it is set, so the module pod goes node by node.
 pub const RELEASE_LABEL: &str = "afs.csi.auristor.com/released-by";

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use crate::crd::SpecialResource;
 use crate::labels::{
-    COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, KMOD_READY_LABEL,
+    COMPONENT_LABEL, CORDONED_BY_OPERATOR_ANNOTATION, KMOD_READY_LABEL, KMOD_STATUS_ANNOTATION,
     PUBLISHED_VOLUMES_ANNOTATION, REVISION_LABEL, UPGRADE_SINCE_ANNOTATION, UPGRADE_STATE_LABEL,
 };
 use crate::objects::{CSI_NODE_COMPONENT, KMOD_COMPONENT};
@@ -100,6 +100,19 @@ pub fn published_volumes(node: &Node) -> Option<u32> {
     node.annotations()
         .get(PUBLISHED_VOLUMES_ANNOTATION)
         .and_then(|v| v.parse().ok())
+}
+
+/// Why kmod-manager reports the node's module or AFS client not ready: its status
+/// annotation while its ready label is `false` (`None` before it reported, or when
+/// ready).
+pub fn kmod_not_ready(node: &Node) -> Option<&str> {
+    if node.labels().get(KMOD_READY_LABEL).map(String::as_str) != Some("false") {
+        return None;
+    }
+    node.annotations()
+        .get(KMOD_STATUS_ANNOTATION)
+        .map(String::as_str)
+        .filter(|detail| !detail.is_empty())
 }
 
 /// Everything the planner needs to know about one node.
@@ -313,6 +326,38 @@ mod tests {
             },
             "r2"
         ));
+    }
+
+    #[test]
+    fn kmod_managers_detail_is_read_only_while_it_reports_not_ready() {
+        let node = |ready: Option<&str>, status: Option<&str>| -> Node {
+            let mut node = Node::default();
+            if let Some(ready) = ready {
+                node.labels_mut()
+                    .insert(KMOD_READY_LABEL.to_owned(), ready.to_owned());
+            }
+            if let Some(status) = status {
+                node.annotations_mut()
+                    .insert(KMOD_STATUS_ANNOTATION.to_owned(), status.to_owned());
+            }
+            node
+        };
+        let exited = "afsd exited (status 1)";
+        assert_eq!(
+            kmod_not_ready(&node(Some("false"), Some(exited))),
+            Some(exited)
+        );
+        assert_eq!(
+            kmod_not_ready(&node(Some("true"), Some("kafs loaded"))),
+            None
+        );
+        assert_eq!(
+            kmod_not_ready(&node(None, Some(exited))),
+            None,
+            "not reported"
+        );
+        assert_eq!(kmod_not_ready(&node(Some("false"), None)), None);
+        assert_eq!(kmod_not_ready(&node(Some("false"), Some(""))), None);
     }
 
     fn pod(volumes: serde_json::Value) -> Pod {

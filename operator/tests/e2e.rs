@@ -165,7 +165,9 @@ impl Run {
                 "namespace": self.sr_name(suffix),
                 "nodeSelector": {"e2e-group": self.group()},
                 "kmod": {"module": "kafs", "version": version,
-                    "kernelMappings": [{"regexp": "6\\.1\\..*", "containerImage": "registry.example/kmod:${KERNEL_FULL_VERSION}"}]},
+                    "kernelMappings": [{"regexp": "6\\.1\\..*", "containerImage": "registry.example/kmod:${KERNEL_FULL_VERSION}"}],
+                    // The kAFS client's CellServDB and ThisCell (no kubelet mounts it here).
+                    "mapVolumes": [{"name": "etc-openafs", "target": "/etc/openafs", "configMap": {"name": "etc-openafs"}}]},
                 "csi": {"image": "registry.example/afs-csi", "version": "1.0.0", "cacheManager": "kafs", "allowedCells": ["example.com"]},
                 "rollout": {"maxUnavailable": 1, "podNonInterruptLabels": {"matchLabels": {"critical": "true"}}}
             }
@@ -1276,7 +1278,7 @@ async fn admission(run: &Run) {
     };
     // (what, how the valid SR is changed, what the refusal says)
     type Case = (&'static str, fn(&mut Value), &'static str);
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         (
             "default",
             |s| s["spec"]["namespace"] = json!("default"),
@@ -1320,6 +1322,16 @@ async fn admission(run: &Run) {
                     json!(["context=system_u:object_r:container_file_t:s0"]);
             },
             "context= needs cacheManager kafs",
+        ),
+        (
+            "no map at the client's configDir",
+            |s| {
+                s["spec"]["kmod"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("mapVolumes");
+            },
+            "client.configDir /etc/openafs is not the target of any kmod.mapVolumes entry",
         ),
         (
             "a root class without allowRootMounts",

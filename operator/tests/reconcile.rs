@@ -1080,3 +1080,42 @@ async fn an_sr_without_allowed_cells_fails_closed_and_says_so() {
         "{env}"
     );
 }
+
+/// A node whose module or AFS client kmod-manager reports down is named in the SR's
+/// Ready condition with kmod-manager's own words (its status annotation).
+#[tokio::test]
+async fn a_node_whose_afs_client_is_down_is_named_in_the_ready_condition() {
+    let mut h = Harness::new();
+    h.api.put(SRS, sr("group-1", "g1", "1.0.0"));
+    for n in ["n1", "n2"] {
+        h.api.put(NODES, node(n, "g1", "6.1.0-56-amd64"));
+    }
+    h.reconcile("group-1").await;
+    h.reconcile("group-1").await;
+    h.play_kubelet("afs-group-1");
+    let report = |h: &Harness, ready: &str, status: &str| {
+        let mut n2 = h.node("n2");
+        n2["metadata"]["labels"][labels::KMOD_READY_LABEL] = json!(ready);
+        n2["metadata"]["annotations"][labels::KMOD_STATUS_ANNOTATION] = json!(status);
+        h.api.put(NODES, n2);
+    };
+    report(&h, "false", "afsd exited (status 1)");
+    h.reconcile("group-1").await;
+    let ready = h.condition("group-1", "Ready");
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert_eq!(ready["reason"], "NodesNotReady");
+    assert_eq!(
+        ready["message"],
+        "1/2 nodes ready; kmod-manager reports n2: afsd exited (status 1)"
+    );
+    assert!(
+        taints(&h.node("n2")).contains(&labels::READINESS_TAINT.to_owned()),
+        "held until its client is back"
+    );
+
+    report(&h, "true", "yfs loaded");
+    h.reconcile("group-1").await;
+    let ready = h.condition("group-1", "Ready");
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(ready["message"], "2/2 nodes ready");
+}

@@ -24,7 +24,7 @@ use kube::{Client, ResourceExt};
 
 use crate::cluster::{FIELD_MANAGER, Target};
 use crate::progress::{self, NodeRow, Rollout};
-use crate::validate::InvalidSpecialResource;
+use crate::validate::{InvalidSpecialResource, MapKeys};
 use crate::{install, maps};
 
 /// How often the waits look again.
@@ -41,6 +41,19 @@ pub enum CommandError {
     Read {
         file: PathBuf,
         source: std::io::Error,
+    },
+    #[error("maps file {file}: {source}")]
+    MapsFile {
+        file: PathBuf,
+        source: serde_norway::Error,
+    },
+    #[error(
+        "SpecialResource file {file}: the maps given lack what the AFS client reads:\n  {}",
+        .problems.join("\n  ")
+    )]
+    ClientFiles {
+        file: PathBuf,
+        problems: Vec<String>,
     },
     #[error(transparent)]
     Connect(#[from] crate::cluster::ConnectError),
@@ -96,6 +109,38 @@ pub fn load(file: &Path) -> Result<SpecialResource, CommandError> {
         file: file.to_owned(),
         source,
     })
+}
+
+/// `afsctl validate`: the SR file admitted ([`load`]) and, when files of ConfigMaps
+/// and Secrets are given (`maps`), the files its AFS client reads found in those it
+/// mounts ([`crate::validate::client_files`]).
+pub fn validate(file: &Path, maps: &[PathBuf]) -> Result<SpecialResource, CommandError> {
+    let sr = load(file)?;
+    if maps.is_empty() {
+        return Ok(sr);
+    }
+    let mut known = Vec::new();
+    for path in maps {
+        let text = std::fs::read_to_string(path).map_err(|source| CommandError::Read {
+            file: path.clone(),
+            source,
+        })?;
+        known.extend(
+            MapKeys::from_yaml(&text).map_err(|source| CommandError::MapsFile {
+                file: path.clone(),
+                source,
+            })?,
+        );
+    }
+    let problems = crate::validate::client_files(&sr, &known);
+    if problems.is_empty() {
+        Ok(sr)
+    } else {
+        Err(CommandError::ClientFiles {
+            file: file.to_owned(),
+            problems,
+        })
+    }
 }
 
 fn selector(sr: &SpecialResource) -> String {

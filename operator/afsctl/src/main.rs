@@ -23,12 +23,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a SpecialResource file against the CRD's rules (no cluster needed).
+    /// Check a SpecialResource file against the CRD's rules (no cluster needed) and,
+    /// with --maps, the maps its AFS client reads.
     Validate {
         file: PathBuf,
         /// Print `NAME NAMESPACE` for scripts instead of a sentence.
         #[arg(long)]
         shell: bool,
+        /// YAML files of the ConfigMaps and Secrets the SpecialResource mounts (e.g.
+        /// `kubectl create configmap ... --dry-run=client -o yaml`): the maps at
+        /// client.configDir and client.cellDatabaseDir must hold the files the AFS
+        /// client reads.
+        #[arg(long = "maps", value_name = "FILE")]
+        maps: Vec<PathBuf>,
     },
     /// Install or upgrade the CRD and the operator (deploy installs them when missing).
     Install {
@@ -171,8 +178,8 @@ async fn run(command: Command, target: &Target) -> anyhow::Result<()> {
     };
     // Undeploy first, then deploy: redeploy is both.
     let (to_undeploy, to_deploy) = match command {
-        Command::Validate { file, shell } => {
-            let sr = commands::load(&file)?;
+        Command::Validate { file, shell, maps } => {
+            let sr = commands::validate(&file, &maps)?;
             let (name, namespace) = (kube::ResourceExt::name_any(&sr), &sr.spec.namespace);
             if shell {
                 writeln!(out, "{name} {namespace}")?;

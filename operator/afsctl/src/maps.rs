@@ -10,6 +10,7 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 
 use crate::cluster::Target;
+use crate::validate::{self, MapKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -32,6 +33,16 @@ pub enum MapsError {
     Missing {
         namespace: String,
         missing: Vec<String>,
+        script: PathBuf,
+    },
+    #[error(
+        "the maps in namespace {namespace} lack what the AFS client reads:\n  {}\nthe create-maps script {} should create them",
+        .problems.join("\n  "),
+        .script.display()
+    )]
+    ClientFiles {
+        namespace: String,
+        problems: Vec<String>,
         script: PathBuf,
     },
     #[error(transparent)]
@@ -73,7 +84,8 @@ pub fn run(
     Ok(())
 }
 
-/// Every ConfigMap and Secret the SR mounts exists in its namespace.
+/// Every ConfigMap and Secret the SR mounts exists in its namespace, and those of its
+/// AFS client hold the files it reads ([`validate::client_files`]).
 pub async fn check_referenced(
     client: &Client,
     sr: &SpecialResource,
@@ -83,27 +95,40 @@ pub async fn check_referenced(
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let mut missing = Vec::new();
+    let mut present = Vec::new();
     for volume in &sr.spec.kmod.map_volumes {
-        let (kind, name, present) = if let Some(source) = &volume.config_map {
-            let present = config_maps.get_opt(&source.name).await?.is_some();
-            ("ConfigMap", &source.name, present)
+        let (kind, name, found) = if let Some(source) = &volume.config_map {
+            let found = config_maps.get_opt(&source.name).await?;
+            (
+                "ConfigMap",
+                &source.name,
+                found.as_ref().map(MapKeys::config_map),
+            )
         } else if let Some(source) = &volume.secret {
-            let present = secrets.get_opt(&source.name).await?.is_some();
-            ("Secret", &source.name, present)
+            let found = secrets.get_opt(&source.name).await?;
+            ("Secret", &source.name, found.as_ref().map(MapKeys::secret))
         } else {
             continue;
         };
-        if !present {
-            missing.push(format!("{kind} {name} (mapVolumes {})", volume.name));
+        match found {
+            Some(keys) => present.push(keys),
+            None => missing.push(format!("{kind} {name} (mapVolumes {})", volume.name)),
         }
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(MapsError::Missing {
+    if !missing.is_empty() {
+        return Err(MapsError::Missing {
             namespace: namespace.clone(),
             missing,
             script: script.to_owned(),
-        })
+        });
     }
+    let problems = validate::client_files(sr, &present);
+    if !problems.is_empty() {
+        return Err(MapsError::ClientFiles {
+            namespace: namespace.clone(),
+            problems,
+            script: script.to_owned(),
+        });
+    }
+    Ok(())
 }

@@ -59,6 +59,7 @@ pub fn node_rows(sr: &SpecialResource, observed: &Observed) -> Vec<NodeRow> {
                 .is_some_and(|r| observe::serves(&view, r));
             let reason = node.annotations().get(UPGRADE_REASON_ANNOTATION).cloned();
             let kernel = observe::node_kernel(node).map(str::to_owned);
+            let kmod_detail = observe::kmod_not_ready(node);
             NodeRow {
                 node: view.name.clone(),
                 state: view.state.map_or("-", UpgradeState::as_label).to_owned(),
@@ -68,7 +69,11 @@ pub fn node_rows(sr: &SpecialResource, observed: &Observed) -> Vec<NodeRow> {
                 blockers: if serving {
                     Vec::new()
                 } else {
-                    blockers(sr, &view, kernel.as_deref(), revision.as_deref(), reason)
+                    let mut out =
+                        blockers(sr, &view, kernel.as_deref(), revision.as_deref(), reason);
+                    // In kmod-manager's words: why its module or AFS client is down.
+                    out.extend(kmod_detail.map(|d| format!("kmod-manager reports: {d}")));
+                    out
                 },
             }
         })
@@ -243,7 +248,8 @@ pub fn done_line(name: &str, ready: u32, total: u32) -> String {
 mod tests {
     use super::*;
     use afs_operator::labels::{
-        COMPONENT_LABEL, KMOD_READY_LABEL, REVISION_LABEL, UPGRADE_STATE_LABEL,
+        COMPONENT_LABEL, KMOD_READY_LABEL, KMOD_STATUS_ANNOTATION, REVISION_LABEL,
+        UPGRADE_STATE_LABEL,
     };
     use k8s_openapi::api::core::v1::{Node, Pod};
     use k8s_openapi::api::storage::v1::CSINode;
@@ -307,14 +313,19 @@ mod tests {
     #[test]
     fn each_node_says_what_blocks_it() {
         let sr = sr(current("Progressing", "False", "1 of 3 nodes ready"));
+        let mut b = node(
+            "b",
+            "6.1.0-56-amd64",
+            json!({UPGRADE_STATE_LABEL: "eviction-required", KMOD_READY_LABEL: "false"}),
+        );
+        b.annotations_mut().insert(
+            KMOD_STATUS_ANNOTATION.to_owned(),
+            "afsd exited (status 1)".to_owned(),
+        );
         let observed = Observed {
             nodes: vec![
                 node("a", "6.1.0-56-amd64", json!({KMOD_READY_LABEL: "true"})),
-                node(
-                    "b",
-                    "6.1.0-56-amd64",
-                    json!({UPGRADE_STATE_LABEL: "eviction-required"}),
-                ),
+                b,
                 node("c", "5.10.0-1-amd64", json!({})),
             ],
             own_pods: vec![
@@ -348,6 +359,7 @@ mod tests {
             "rollout step eviction-required (evicting 1 pod), AFS pods: afs-1/job (non-interruptible: waited for)",
             "module pod kmod-b runs revision r1, not r2",
             "CSI node pod csi-b is not Ready",
+            "kmod-manager reports: afsd exited (status 1)",
         ] {
             assert!(b.contains(part), "{part} in {b}");
         }

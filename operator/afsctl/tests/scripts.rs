@@ -23,6 +23,9 @@ spec:
     kernelMappings:
       - regexp: '^6\.1\..*$'
         containerImage: registry.example.com/auristor-kmod-${MODULE_VERSION}:${KERNEL_FULL_VERSION}
+    # The AFS client's yfs-client.conf (client.configDir /etc/yfs).
+    mapVolumes:
+      - {name: etc-yfs, target: /etc/yfs, configMap: {name: etc-yfs}}
   csi: {image: registry.example.com/auristorfs-csi, version: 1.0.0, allowedCells: [example.com]}
 "#;
 

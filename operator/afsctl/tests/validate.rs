@@ -1,6 +1,6 @@
 //! `afsctl validate` refuses what the API server refuses, naming the field and the rule.
 
-use afsctl::validate::InvalidSpecialResource;
+use afsctl::validate::{InvalidSpecialResource, MapKeys, client_files};
 use serde_json::{Value, json};
 
 fn valid() -> Value {
@@ -20,7 +20,8 @@ fn valid() -> Value {
                 ],
                 "mapVolumes": [
                     {"name": "etc-yfs", "target": "/etc/yfs", "configMap": {"name": "etc-yfs"}},
-                    {"name": "yfs-cache", "target": "/var/cache/yfs", "hostPath": {"path": "/var/cache/yfs"}}
+                    {"name": "yfs-cache", "target": "/var/cache/yfs", "hostPath": {"path": "/var/cache/yfs"}},
+                    {"name": "etc-openafs", "target": "/etc/openafs", "configMap": {"name": "etc-openafs"}}
                 ]
             },
             "csi": {
@@ -376,4 +377,290 @@ fn csi_security_settings_are_checked_at_admission() {
         o["spec"]["csi"]["kubeletDir"] = json!("/data/kubelet");
         o["spec"]["csi"]["allowEphemeral"] = json!(true);
     });
+}
+
+/// `valid()` with `change` applied: its admission errors.
+fn errors_with(change: impl FnOnce(&mut Value)) -> Vec<String> {
+    let mut object = valid();
+    change(&mut object);
+    admission_errors(&object)
+}
+
+#[track_caller]
+fn assert_refused_with(errors: &[String], expected: &str) {
+    assert!(
+        errors.iter().any(|e| e.contains(expected)),
+        "expected an error containing {expected:?}, got {errors:?}"
+    );
+}
+
+/// The AFS client's directories are mounted (its configuration from a map, a disk
+/// cache from the node), and its afsd options leave kmod-manager's own alone.
+#[test]
+fn client_settings_are_checked_at_admission() {
+    let no_openafs_map = |o: &mut Value| {
+        o["spec"]["kmod"]["mapVolumes"]
+            .as_array_mut()
+            .expect("mapVolumes")
+            .retain(|v| v["target"] != "/etc/openafs");
+    };
+    for manager in ["kafs", "openafs"] {
+        let errors = errors_with(|o| {
+            no_openafs_map(o);
+            o["spec"]["csi"]["cacheManager"] = json!(manager);
+        });
+        assert_refused_with(
+            &errors,
+            &format!(
+                "client.configDir /etc/openafs is not the target of any kmod.mapVolumes entry: the {manager} client reads CellServDB and ThisCell from it; map a ConfigMap there"
+            ),
+        );
+    }
+    let errors = errors_with(|o| {
+        o["spec"]["csi"]["cacheManager"] = json!("auristor");
+        o["spec"]["client"] = json!({"configDir": "/etc/yfs-client"});
+    });
+    assert_refused_with(
+        &errors,
+        "client.configDir /etc/yfs-client is not the target of any kmod.mapVolumes entry: the auristor client reads yfs-client.conf from it; map a ConfigMap there",
+    );
+    assert_refused_with(
+        &errors_with(|o| o["spec"]["client"] = json!({"configDir": "/etc/../etc/openafs"})),
+        "client.configDir must not contain '..'",
+    );
+
+    // A disk cache lives on the node: a hostPath map, not a ConfigMap.
+    let cache = |directory: &str| {
+        errors_with(|o| {
+            o["spec"]["csi"]["cacheManager"] = json!("openafs");
+            o["spec"]["client"] = json!({"cache": {"directory": directory}});
+        })
+    };
+    let message = |d: &str| {
+        format!("client.cache.directory {d} is not the target of a hostPath kmod.mapVolumes entry")
+    };
+    assert_refused_with(&cache("/var/cache/openafs"), &message("/var/cache/openafs"));
+    assert_refused_with(&cache("/etc/yfs"), &message("/etc/yfs"));
+    assert_eq!(cache("/var/cache/yfs"), Vec::<String>::new());
+    for size in [0, 1023, 1_073_741_825_u64] {
+        assert_refused_with(
+            &errors_with(|o| o["spec"]["client"] = json!({"cache": {"sizeKiB": size}})),
+            "/spec/client/cache/sizeKiB",
+        );
+    }
+
+    // The cell database directory is auristor's, and mounted.
+    let errors = errors_with(|o| o["spec"]["client"] = json!({"cellDatabaseDir": "/etc/yfs"}));
+    assert_refused_with(
+        &errors,
+        "client.cellDatabaseDir needs cacheManager auristor",
+    );
+    let errors = errors_with(|o| {
+        o["spec"]["csi"]["cacheManager"] = json!("auristor");
+        o["spec"]["client"] = json!({"cellDatabaseDir": "/usr/share/yfs"});
+    });
+    assert_refused_with(
+        &errors,
+        "client.cellDatabaseDir /usr/share/yfs is not the target of any kmod.mapVolumes entry: the auristor client reads cellservdb.conf from it; map a ConfigMap there",
+    );
+    let errors = errors_with(|o| {
+        o["spec"]["csi"]["cacheManager"] = json!("auristor");
+        o["spec"]["client"] = json!({"cellDatabaseDir": "/etc/openafs"});
+    });
+    assert_eq!(errors, Vec::<String>::new());
+
+    // afsd options: none with kafs; never one kmod-manager sets (nor an abbreviation).
+    assert_refused_with(
+        &errors_with(|o| o["spec"]["client"] = json!({"afsdOptions": ["-dynroot"]})),
+        "client.afsdOptions needs cacheManager auristor or openafs",
+    );
+    let afsd = |options: Value| {
+        errors_with(|o| {
+            o["spec"]["csi"]["cacheManager"] = json!("openafs");
+            o["spec"]["client"] = json!({"afsdOptions": options});
+        })
+    };
+    for (option, given) in [
+        ("-mountdir", json!(["-dynroot", "-mountdir", "/afs2"])),
+        ("-blocks", json!(["-blocks", "5000"])),
+        ("-memcache", json!(["-memcache"])),
+        ("-mem", json!(["-mem"])),
+        ("-shut", json!(["-fakestat", "-shut"])),
+        ("-nomount", json!(["-nomount"])),
+        ("-confdir", json!(["-confdir", "/etc"])),
+        ("-cachedir", json!(["-cachedir", "/tmp"])),
+    ] {
+        assert_refused_with(
+            &afsd(given),
+            &format!("client.afsdOptions: {option} is set by kmod-manager itself"),
+        );
+    }
+    for bad in [
+        json!(["--mountdir"]),
+        json!(["-dynroot;reboot"]),
+        json!(["a b"]),
+    ] {
+        assert_refused_with(&afsd(bad), "/spec/client/afsdOptions/0");
+    }
+    assert_refused_with(
+        &afsd(json!(vec!["-dynroot"; 33])),
+        "/spec/client/afsdOptions",
+    );
+    assert_eq!(
+        afsd(json!(["-dynroot", "-fakestat", "-stat", "2000", "-afsdb"])),
+        Vec::<String>::new()
+    );
+}
+
+/// Settings written at their defaults are fields like any other (the check for unknown
+/// fields reads the schema, not the types' JSON, which leaves defaults out).
+#[test]
+fn fields_written_at_their_defaults_are_known() {
+    let mut object = valid();
+    object["spec"]["client"] = json!({"cache": {"sizeKiB": 100000}, "afsdOptions": []});
+    object["spec"]["csi"]["kubeletDir"] = json!("/var/lib/kubelet");
+    object["spec"]["csi"]["allowRootMounts"] = json!(false);
+    assert_eq!(admission_errors(&object), Vec::<String>::new());
+    let sr = afsctl::validate::special_resource_value(&object).expect("admitted");
+    assert!(sr.spec.client.is_default());
+    object["spec"]["client"]["cache"]["sizeKB"] = json!(5);
+    assert_refused_with(
+        &admission_errors(&object),
+        "/spec/client/cache/sizeKB: unknown field",
+    );
+}
+
+/// `valid()` with `change`, admitted.
+fn admitted_with(change: impl FnOnce(&mut Value)) -> afs_operator::crd::SpecialResource {
+    let mut object = valid();
+    change(&mut object);
+    afsctl::validate::special_resource_value(&object).expect("admitted")
+}
+
+fn maps(yaml: &str) -> Vec<MapKeys> {
+    MapKeys::from_yaml(yaml).expect("maps")
+}
+
+/// With the maps it mounts at hand, `afsctl validate --maps` names the files the AFS
+/// client reads that they lack.
+#[test]
+fn the_maps_of_the_client_hold_the_files_it_reads() {
+    let kafs = admitted_with(|_| {});
+    let openafs = admitted_with(|o| o["spec"]["csi"]["cacheManager"] = json!("openafs"));
+    let etc_openafs = |keys: &str| {
+        maps(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: etc-openafs}}\ndata: {{{keys}}}\n"
+        ))
+    };
+    assert_eq!(
+        client_files(
+            &openafs,
+            &etc_openafs("CellServDB: x, ThisCell: example.com")
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        client_files(&openafs, &etc_openafs("CellServDB: x")),
+        [
+            "client: configDir /etc/openafs is ConfigMap etc-openafs, which has no key ThisCell (the openafs client needs CellServDB and ThisCell)"
+        ]
+    );
+    assert_eq!(
+        client_files(&kafs, &etc_openafs("cellservdb.conf: x")),
+        [
+            "client: configDir /etc/openafs is ConfigMap etc-openafs, which has no keys CellServDB, ThisCell (the kafs client needs CellServDB and ThisCell)"
+        ]
+    );
+    assert_eq!(
+        client_files(
+            &kafs,
+            &maps("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\n")
+        ),
+        [
+            "client: configDir /etc/openafs is ConfigMap etc-openafs, which is not among the maps given"
+        ]
+    );
+
+    // auristor: yfs-client.conf in configDir, cellservdb.conf there or in
+    // cellDatabaseDir; a Secret's keys count too, a host path is not checked.
+    let auristor = |client: Value| {
+        admitted_with(|o| {
+            o["spec"]["csi"]["cacheManager"] = json!("auristor");
+            o["spec"]["kmod"]["mapVolumes"]
+                .as_array_mut()
+                .expect("mapVolumes")
+                .extend([
+                    json!({"name": "usr-share-yfs", "target": "/usr/share/yfs", "secret": {"name": "usr-share-yfs"}}),
+                    json!({"name": "host-yfs", "target": "/opt/yfs", "hostPath": {"path": "/opt/yfs"}}),
+                ]);
+            o["spec"]["client"] = client;
+        })
+    };
+    let given = maps(
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - {apiVersion: v1, kind: ConfigMap, metadata: {name: etc-yfs}, data: {yfs-client.conf: x}}\n\
+         - {apiVersion: v1, kind: Secret, metadata: {name: usr-share-yfs}, stringData: {cellservdb.conf: x}}\n",
+    );
+    assert_eq!(
+        client_files(
+            &auristor(json!({"cellDatabaseDir": "/usr/share/yfs"})),
+            &given
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        client_files(&auristor(json!({})), &given),
+        [
+            "client: configDir /etc/yfs is ConfigMap etc-yfs, which has no key cellservdb.conf (the auristor client needs yfs-client.conf in configDir, and cellservdb.conf in configDir or cellDatabaseDir)"
+        ]
+    );
+    let no_database = maps(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: etc-yfs}\ndata: {yfs-client.conf: x}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: usr-share-yfs}\ndata: {keytab: eA==}\n",
+    );
+    assert_eq!(
+        client_files(
+            &auristor(json!({"cellDatabaseDir": "/usr/share/yfs"})),
+            &no_database
+        ),
+        [
+            "client: cellDatabaseDir /usr/share/yfs is Secret usr-share-yfs, which has no key cellservdb.conf, and configDir /etc/yfs has none either (the auristor client needs yfs-client.conf in configDir, and cellservdb.conf in configDir or cellDatabaseDir)"
+        ]
+    );
+    assert_eq!(
+        client_files(&auristor(json!({"configDir": "/opt/yfs"})), &[]),
+        Vec::<String>::new(),
+        "a host directory is the node's"
+    );
+}
+
+/// `afsctl validate FILE --maps MAPS...`: the file admitted, then the client's files
+/// looked for in the maps given.
+#[test]
+fn validate_with_maps_files_names_what_the_client_lacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sr = dir.path().join("sr.yaml");
+    std::fs::write(&sr, serde_norway::to_string(&valid()).expect("yaml")).expect("write");
+    let maps = dir.path().join("maps.yaml");
+    std::fs::write(
+        &maps,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: etc-openafs}\ndata: {ThisCell: example.com}\n",
+    )
+    .expect("write");
+
+    afsctl::commands::validate(&sr, &[]).expect("without maps: the file alone");
+    let error =
+        afsctl::commands::validate(&sr, std::slice::from_ref(&maps)).expect_err("no CellServDB");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "SpecialResource file {}: the maps given lack what the AFS client reads:\n  \
+             client: configDir /etc/openafs is ConfigMap etc-openafs, which has no key CellServDB \
+             (the kafs client needs CellServDB and ThisCell)",
+            sr.display()
+        )
+    );
+    std::fs::write(&maps, "kind: ConfigMap\nmetadata: [").expect("write");
+    let error = afsctl::commands::validate(&sr, std::slice::from_ref(&maps)).expect_err("not YAML");
+    assert!(error.to_string().starts_with("maps file "), "{error}");
 }

@@ -6,14 +6,16 @@
 //! reported.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, ConfigMap, Container, LocalObjectReference, PodSpec,
     SELinuxOptions, SecurityContext, Volume, VolumeMount,
 };
-use kmod_manager::config::{KmodConfig, ModuleSettings};
+use kmod_manager::config::{
+    AfsdSettings, CacheManagerKind, ClientSettings, KmodConfig, ModuleSettings, default_afsd_path,
+};
 use kmod_manager::kernel::KernelRelease;
 use kmod_manager::mapping::{MappingError, MappingSet};
 
@@ -25,7 +27,7 @@ use super::pod::{
 use super::{
     BuildError, Ctx, KERNEL_HEX, KMOD_COMPONENT, UnmappedKernel, kernel_label_value, short_hash,
 };
-use crate::crd::{KmodSpec, MapVolume};
+use crate::crd::{CacheManager, MapVolume, SpecialResourceSpec};
 use crate::labels::{KERNEL_LABEL, REVISION_LABEL};
 
 /// Key of the config file in the ConfigMap.
@@ -46,11 +48,23 @@ const ROOT: i64 = 0;
 /// syscalls exactly when the container has this capability.
 const CAP_SYS_MODULE: &str = "SYS_MODULE";
 /// The unload guard reads `/proc/<pid>/ns/mnt` and `/proc/<pid>/exe` of every process
-/// to group them by mount namespace; the kernel checks ptrace read access for these,
-/// which fails for processes of other users or with more capabilities (kubelet,
-/// privileged pods) without this capability. `mountinfo` itself is world-readable and
-/// kubelet's pod directories are root-owned, so no DAC override capability is needed.
+/// to group them by mount namespace (and the client opens `/proc/1/ns/mnt` to join the
+/// host's); the kernel checks ptrace read access for these, which fails for processes
+/// of other users or with more capabilities (kubelet, privileged pods) without this
+/// capability. `mountinfo` itself is world-readable and kubelet's pod directories are
+/// root-owned, so no DAC override capability is needed.
 const CAP_SYS_PTRACE: &str = "SYS_PTRACE";
+/// Mounting and unmounting the AFS root, and afsd's cache-manager calls (OpenAFS
+/// checks `capable(CAP_SYS_ADMIN)`). The runtime's default seccomp profile allows
+/// mount, umount2, setns, unshare and the new mount API (fsopen, ...) only with this
+/// capability.
+const CAP_SYS_ADMIN: &str = "SYS_ADMIN";
+/// The AFS root is mounted in the host's mount namespace (so kubelet and the CSI node
+/// plugin see it) by a thread that joins it: `unshare(CLONE_FS)`, then
+/// `setns(/proc/1/ns/mnt)`, which needs this capability as well as CAP_SYS_ADMIN.
+/// That is what spares the container `privileged: true`, which Bidirectional mount
+/// propagation would need.
+const CAP_SYS_CHROOT: &str = "SYS_CHROOT";
 
 const CONFIG_VOLUME: &str = "kmod-config";
 const RUN_VOLUME: &str = "kmod-run";
@@ -69,8 +83,10 @@ pub fn kmod_daemon_set_name(sr: &str, kernel: &str) -> String {
     format!("{sr}-kmod-{}", short_hash(kernel.as_bytes(), KERNEL_HEX))
 }
 
-/// kmod-manager's config for a module spec.
-pub fn kmod_config(kmod: &KmodSpec) -> KmodConfig {
+/// kmod-manager's config for an SR's spec: the module (`kmod`) and the AFS client
+/// (`client`, with `csi.cacheManager` and `csi.afsRoot`).
+pub fn kmod_config(spec: &SpecialResourceSpec) -> KmodConfig {
+    let kmod = &spec.kmod;
     KmodConfig {
         module_version: Some(kmod.version.clone()),
         module: Some(ModuleSettings {
@@ -81,12 +97,40 @@ pub fn kmod_config(kmod: &KmodSpec) -> KmodConfig {
             module_dir: None,
         }),
         kernel_mappings: kmod.kernel_mappings.clone(),
-        client: None,
+        client: Some(client_settings(spec)),
+    }
+}
+
+/// The AFS client of the config: afsd for openafs and auristor (kafs has none), its
+/// files where `client` says.
+fn client_settings(spec: &SpecialResourceSpec) -> ClientSettings {
+    let (csi, client) = (&spec.csi, &spec.client);
+    let afsd = (csi.cache_manager != CacheManager::Kafs).then(|| AfsdSettings {
+        path: default_afsd_path(),
+        cache_dir: client.cache.directory.as_ref().map(PathBuf::from),
+        cache_blocks: client.cache.size_kib,
+        options: client.afsd_options.clone(),
+    });
+    ClientSettings {
+        cache_manager: match csi.cache_manager {
+            CacheManager::Auristor => CacheManagerKind::Auristor,
+            CacheManager::Openafs => CacheManagerKind::Openafs,
+            CacheManager::Kafs => CacheManagerKind::Kafs,
+        },
+        afs_root: PathBuf::from(&csi.afs_root),
+        config_dir: PathBuf::from(client.config_dir(csi.cache_manager)),
+        // auristor's only (admission refuses it with the others).
+        cell_database_dir: client
+            .cell_database_dir
+            .as_ref()
+            .filter(|_| csi.cache_manager == CacheManager::Auristor)
+            .map(PathBuf::from),
+        afsd,
     }
 }
 
 pub(super) fn config_map(ctx: &Ctx<'_>) -> Result<ConfigMap, BuildError> {
-    let yaml = serde_norway::to_string(&kmod_config(&ctx.spec.kmod)).map_err(BuildError::Config)?;
+    let yaml = serde_norway::to_string(&kmod_config(ctx.spec)).map_err(BuildError::Config)?;
     let mut meta =
         ctx.namespaced_meta(kmod_config_map_name(ctx.name, ctx.revision), KMOD_COMPONENT);
     meta.labels
@@ -145,12 +189,18 @@ fn daemon_set(ctx: &Ctx<'_>, volumes: &Volumes, kernel: &str, image: &str) -> Da
         .iter()
         .map(|name| LocalObjectReference { name: name.clone() })
         .collect::<Vec<_>>();
+    // kAFS cells live per network namespace (/proc/fs/afs): kmod-manager must add them
+    // in the host's, where the CSI node plugin (on the host network for kafs too)
+    // mounts volumes.
+    let host_network = ctx.spec.csi.cache_manager == CacheManager::Kafs;
     let spec = PodSpec {
         service_account_name: Some(ctx.object_name(KMOD_COMPONENT)),
         // The unload guard must see every process's mount namespace: a pod using an
         // AFS volume keeps the module in use, and only the host PID namespace shows
         // all of them.
         host_pid: Some(true),
+        host_network: host_network.then_some(true),
+        dns_policy: host_network.then(|| "ClusterFirstWithHostNet".to_owned()),
         priority_class_name: Some(NODE_CRITICAL.to_owned()),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         node_selector: Some(node_selector),
@@ -198,18 +248,28 @@ fn container(ctx: &Ctx<'_>, volumes: &Volumes, image: &str) -> Container {
     }
 }
 
-/// Not privileged: root with exactly [`CAP_SYS_MODULE`] and [`CAP_SYS_PTRACE`].
+/// Not privileged: root with exactly [`CAP_SYS_MODULE`], [`CAP_SYS_PTRACE`],
+/// [`CAP_SYS_ADMIN`] and [`CAP_SYS_CHROOT`], no privilege escalation.
 fn security_context() -> SecurityContext {
     let base = hardened();
     SecurityContext {
         run_as_user: Some(ROOT),
         capabilities: Some(Capabilities {
-            add: Some(vec![CAP_SYS_MODULE.to_owned(), CAP_SYS_PTRACE.to_owned()]),
+            add: Some(
+                [
+                    CAP_SYS_MODULE,
+                    CAP_SYS_PTRACE,
+                    CAP_SYS_ADMIN,
+                    CAP_SYS_CHROOT,
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
             ..base.capabilities.clone().unwrap_or_default()
         }),
         // The runtime's AppArmor profile allows ptrace reads only of processes under
         // the same profile, so the guard could not read the namespaces of kubelet or
-        // privileged pods; it then refuses every unload.
+        // privileged pods; it then refuses every unload. It also denies mount.
         app_armor_profile: Some(AppArmorProfile {
             type_: "Unconfined".to_owned(),
             localhost_profile: None,

@@ -231,22 +231,27 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
 }
 
 /// Short stable hash of everything in the spec that reaches a node's pods: the whole
-/// `kmod` spec and the `csi` spec except what only the StorageClass or the CSI
-/// controller use (`storageClass`, `mountOptions`, `sidecars.provisioner`): a change of
-/// those is applied in place and must not drain nodes. Rollout settings, the namespace
-/// and the node selector are not part of it either.
+/// `kmod` and `client` specs and the `csi` spec except what only the StorageClass or
+/// the CSI controller use (`storageClass`, `mountOptions`, `sidecars.provisioner`): a
+/// change of those is applied in place and must not drain nodes. Rollout settings, the
+/// namespace and the node selector are not part of it either.
 ///
 /// The hash is over the canonical JSON of those specs (fields in declaration order,
 /// maps sorted), so it is the same in every run and every replica. A field added to
 /// the API later keeps revisions stable only if it is left out of the JSON at its
-/// default (`skip_serializing_if`).
+/// default (`skip_serializing_if`); `client`, added later as a whole, is hashed only
+/// when set.
 pub fn revision(spec: &SpecialResourceSpec) -> String {
     let mut csi = spec.csi.clone();
     csi.storage_class = None;
     csi.mount_options.clear();
     csi.sidecars.provisioner.clear();
-    let canonical = serde_json::to_vec(&(&spec.kmod, &csi))
-        .expect("specs serialize to JSON: every map key is a string");
+    let canonical = if spec.client.is_default() {
+        serde_json::to_vec(&(&spec.kmod, &csi))
+    } else {
+        serde_json::to_vec(&(&spec.kmod, &csi, &spec.client))
+    }
+    .expect("specs serialize to JSON: every map key is a string");
     short_hash(&canonical, REVISION_HEX)
 }
 

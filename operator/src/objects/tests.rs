@@ -6,13 +6,13 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Node, NodeStatus, NodeSystemInfo, PodSpec};
 use k8s_openapi::api::rbac::v1::{RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kmod_manager::config::KmodConfig;
+use kmod_manager::config::{CacheManagerKind, KmodConfig};
 use kmod_manager::kernel::KernelRelease;
 use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::crd::CacheManager;
+use crate::crd::{CacheManager, ClientSpec};
 use crate::labels::{KMOD_READINESS_TAINT, READINESS_TAINT, REVISION_LABEL};
 
 const RHEL: &str = "4.18.0-305.49.1.el8_4.x86_64";
@@ -466,6 +466,25 @@ fn new_settings_at_their_defaults_leave_the_revision_alone() {
     ] {
         assert!(json.get(key).is_none(), "{key} serialized at its default");
     }
+    // `client` (added with the AFS client) at its default is not hashed at all: the
+    // revision is the hash of the module and driver specs alone, as before.
+    assert!(at_defaults.client.is_default());
+    let json = serde_json::to_value(&at_defaults).expect("json");
+    assert!(
+        json.get("client").is_none(),
+        "client serialized at its default"
+    );
+    let mut csi = at_defaults.csi.clone();
+    csi.storage_class = None;
+    csi.mount_options.clear();
+    csi.sidecars.provisioner.clear();
+    let before = serde_json::to_vec(&(&at_defaults.kmod, &csi)).expect("json");
+    assert_eq!(revision(&at_defaults), short_hash(&before, REVISION_HEX));
+    // Written out at their defaults, the client's settings read back as the default.
+    let written: ClientSpec =
+        serde_json::from_value(json!({"cache": {"sizeKiB": 100000}})).expect("client");
+    assert!(written.is_default());
+
     let mut set = at_defaults.clone();
     set.csi.kubelet_dir = "/var/lib/kubelet/".to_owned();
     set.csi.allow_root_mounts = true;
@@ -512,6 +531,18 @@ fn revision_follows_node_specs_only() {
         }),
         ("csi.allowRootMounts", |s| s.csi.allow_root_mounts = false),
         ("csi.allowEphemeral", |s| s.csi.allow_ephemeral = true),
+        ("client.configDir", |s| {
+            s.client.config_dir = Some("/etc/yfs2".to_owned())
+        }),
+        ("client.cache.directory", |s| {
+            s.client.cache.directory = Some("/var/cache/yfs".to_owned())
+        }),
+        ("client.cache.sizeKiB", |s| {
+            s.client.cache.size_kib = 200_000
+        }),
+        ("client.afsdOptions", |s| {
+            s.client.afsd_options = vec!["-dynroot".to_owned()]
+        }),
     ] {
         assert_ne!(changed(f), rev, "{what} must roll nodes");
     }
@@ -737,9 +768,11 @@ fn kmod_container_has_exactly_the_chosen_privileges() {
         );
         let caps = sc.capabilities.as_ref().expect("capabilities");
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        // Module loading, the unload guard, the AFS root mount and joining the host's
+        // mount namespace for it: nothing more.
         assert_eq!(
             caps.add.as_deref(),
-            Some(&["SYS_MODULE".to_owned(), "SYS_PTRACE".to_owned()][..])
+            Some(&["SYS_MODULE", "SYS_PTRACE", "SYS_ADMIN", "SYS_CHROOT"].map(str::to_owned)[..])
         );
         assert_eq!(
             c.command.as_deref(),
@@ -894,7 +927,18 @@ fn config_map_parses_back_and_is_per_revision() {
         .expect("config.yaml");
     let (config, mappings) =
         KmodConfig::from_yaml(Path::new(KMOD_CONFIG_KEY), text).expect("parses");
-    assert_eq!(config, kmod_config(&sr.spec.kmod));
+    assert_eq!(config, kmod_config(&sr.spec));
+    let client = config.client.as_ref().expect("the client section");
+    assert_eq!(client.cache_manager, CacheManagerKind::Auristor);
+    assert_eq!(client.afs_root, Path::new("/afs"));
+    assert_eq!(
+        client.config_dir,
+        Path::new("/etc/yfs"),
+        "auristor's default"
+    );
+    let afsd = client.afsd.as_ref().expect("afsd for auristor");
+    assert_eq!(afsd.cache_dir, None, "a memory cache by default");
+    assert_eq!(afsd.cache_blocks, 100_000);
     let module = config.module.as_ref().expect("module");
     assert_eq!(module.name.as_deref(), Some("yfs"));
     assert_eq!(module.parameters, ["rootcell=example.com"]);
@@ -923,6 +967,72 @@ fn config_map_parses_back_and_is_per_revision() {
                     == cm.metadata.name.as_deref())
         );
     }
+}
+
+/// The client section of every kind of SR parses back with kmod-manager's own parser
+/// and carries `client`, `csi.cacheManager` and `csi.afsRoot`.
+#[test]
+fn config_map_carries_the_afs_client() {
+    let client_of = |sr: &SpecialResource| {
+        let d = build_with(sr, &kernels(), false);
+        let text = d.config_maps[0]
+            .data
+            .as_ref()
+            .and_then(|d| d.get(KMOD_CONFIG_KEY))
+            .expect("config.yaml")
+            .clone();
+        let (config, _) = KmodConfig::from_yaml(Path::new(KMOD_CONFIG_KEY), &text).expect("parses");
+        config.client.expect("the client section")
+    };
+
+    let openafs = spec_with(|s| {
+        s.csi.cache_manager = CacheManager::Openafs;
+        s.csi.afs_root = "/afs-test".to_owned();
+        s.client = serde_json::from_value(json!({
+            "configDir": "/etc/openafs",
+            "cellDatabaseDir": "/usr/share/yfs",
+            "cache": {"directory": "/var/cache/openafs", "sizeKiB": 500000},
+            "afsdOptions": ["-dynroot", "-fakestat", "-stat", "2000"]
+        }))
+        .expect("client");
+    });
+    let client = client_of(&openafs);
+    assert_eq!(client.cache_manager, CacheManagerKind::Openafs);
+    assert_eq!(client.afs_root, Path::new("/afs-test"));
+    assert_eq!(client.config_dir, Path::new("/etc/openafs"));
+    assert_eq!(client.cell_database_dir, None, "auristor's only");
+    let afsd = client.afsd.expect("afsd for openafs");
+    assert_eq!(afsd.path, Path::new("/usr/sbin/afsd"));
+    assert_eq!(
+        afsd.cache_dir.as_deref(),
+        Some(Path::new("/var/cache/openafs"))
+    );
+    assert_eq!(afsd.cache_blocks, 500_000);
+    assert_eq!(afsd.options, ["-dynroot", "-fakestat", "-stat", "2000"]);
+
+    let auristor = spec_with(|s| {
+        s.client.cell_database_dir = Some("/usr/share/yfs".to_owned());
+    });
+    let client = client_of(&auristor);
+    assert_eq!(client.cache_manager, CacheManagerKind::Auristor);
+    assert_eq!(client.config_dir, Path::new("/etc/yfs"));
+    assert_eq!(
+        client.cell_database_dir.as_deref(),
+        Some(Path::new("/usr/share/yfs"))
+    );
+
+    let kafs = spec_with(|s| {
+        s.csi.cache_manager = CacheManager::Kafs;
+        s.client.cache.directory = Some("/var/cache/yfs".to_owned());
+    });
+    let client = client_of(&kafs);
+    assert_eq!(client.cache_manager, CacheManagerKind::Kafs);
+    assert_eq!(
+        client.config_dir,
+        Path::new("/etc/openafs"),
+        "kafs's default"
+    );
+    assert_eq!(client.afsd, None, "the kernel is the client: no afsd");
 }
 
 #[test]
@@ -962,7 +1072,10 @@ fn host_network_only_for_kafs() {
         let d = build_with(&sr, &kernels(), true);
         let kafs = manager == CacheManager::Kafs;
         for (name, pod) in pod_specs(&d) {
-            let expected = kafs && name == "group-x-csi-node";
+            // The kAFS cells are per network namespace: kmod-manager adds them in the
+            // host's, where the node plugin mounts.
+            let expected =
+                kafs && (name == "group-x-csi-node" || name.starts_with("group-x-kmod-"));
             assert_eq!(
                 pod.host_network == Some(true),
                 expected,
@@ -973,6 +1086,16 @@ fn host_network_only_for_kafs() {
                 expected,
                 "{name} with {manager:?}"
             );
+            // The host network does not make the module pod privileged, with any
+            // cache manager.
+            if name.starts_with("group-x-kmod-") {
+                let sc = container(pod, "kmod-manager")
+                    .security_context
+                    .as_ref()
+                    .expect("security context");
+                assert_ne!(sc.privileged, Some(true), "{name} with {manager:?}");
+                assert_eq!(sc.allow_privilege_escalation, Some(false));
+            }
         }
         let driver = container(pod_spec(&d.csi_node_daemon_set), "csi-driver");
         assert_eq!(
