@@ -6,7 +6,8 @@
 //! `images/README.md` promises: the entrypoint, user, environment and labels, a
 //! statically linked binary that needs nothing from the image, exactly the files the
 //! image is made of, the driver container's module tree (its own `modules.dep` complete,
-//! no `modprobe`), and a size budget. Each prints one line of figures.
+//! no `modprobe`) and its `afsd` with exactly the libraries the dynamic loader maps for
+//! it (no shell), and a size budget. Each prints one line of figures.
 //!
 //! Opt-in like the cluster tests: without `AFS_IMAGES_DIR` every image test says how to
 //! get the images and passes; with it, a missing or malformed layout fails. The checks
@@ -21,7 +22,7 @@ use std::path::{Component, Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 use object::elf::{self, PT_DYNAMIC, PT_INTERP};
-use object::read::elf::{FileHeader, ProgramHeader};
+use object::read::elf::{Dyn as _, FileHeader, ProgramHeader};
 use object::{Endianness, FileKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -43,6 +44,9 @@ const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// Bytes kept of a file: enough for an ELF header and its program headers.
 const HEAD: u64 = 4096;
+/// `afsd` and the libraries beside it are kept whole up to this size: their dynamic
+/// sections are read.
+const PROGRAM_WHOLE: u64 = 16 << 20;
 /// Files the checks read whole (`/etc/passwd`, `/etc/group`, `modules.dep`) are kept up
 /// to this size.
 const WHOLE: u64 = 1 << 20;
@@ -66,6 +70,16 @@ const OCI_LABELS: [&str; 5] = [TITLE, DESCRIPTION, VERSION_LABEL, SOURCE, LICENS
 const KERNEL_LABEL: &str = "afs.csi.auristor.com/kernel-version";
 const MODULE_LABEL: &str = "afs.csi.auristor.com/module-version";
 const KMOD_MANAGER_LABEL: &str = "afs.csi.auristor.com/kmod-manager-version";
+const AFSD_LABEL: &str = "afs.csi.auristor.com/afsd-version";
+/// `AFSD_VERSION=...` in `build.env`: the version of the package afsd came from.
+const AFSD_ARG: &str = "AFSD_VERSION";
+
+/// The AFS client's daemon in the driver container (`images/kmod/stage-afsd`): a
+/// dynamically linked program with its loader and libraries.
+const AFSD: &str = "usr/sbin/afsd";
+/// The directories the dynamic loader searches without `ld.so.cache` (glibc's system
+/// search path, Debian's multiarch layout), after the `<triplet>` of the architecture.
+const LIBRARY_PATH: [&str; 4] = ["lib/{}", "usr/lib/{}", "lib", "usr/lib"];
 
 /// The modules the driver container must carry: name and directory in the tree.
 const REQUIRED_MODULES: [(&str, &str); 3] = [
@@ -176,7 +190,21 @@ impl Image {
 /// How many bytes of a file of `size` at `path` to keep.
 fn keep(path: &str, size: u64) -> u64 {
     let whole = path.starts_with("etc/") || path.ends_with("/modules.dep");
-    size.min(if whole { WHOLE } else { HEAD })
+    size.min(if whole {
+        WHOLE
+    } else if path == AFSD || in_library_dir(path) {
+        PROGRAM_WHOLE
+    } else {
+        HEAD
+    })
+}
+
+/// A path where shared libraries and the dynamic loader live (not the module tree).
+fn in_library_dir(path: &str) -> bool {
+    ["lib/", "lib64/", "usr/lib/", "usr/lib64/"]
+        .iter()
+        .any(|dir| path.starts_with(dir))
+        && !path.starts_with("lib/modules/")
 }
 
 // ---------------------------------------------------------------------------------
@@ -521,6 +549,8 @@ struct Spec {
     labels: Vec<(&'static str, String)>,
     /// The driver container's kernel: `/lib/modules/<kernel>/` is its module tree.
     kernel: Option<String>,
+    /// The driver container carries `/usr/sbin/afsd` with its libraries.
+    afsd: bool,
     /// Unpacked bytes: fewer than this.
     budget: u64,
 }
@@ -533,6 +563,7 @@ fn csi_driver() -> Spec {
         user: "65532:65532",
         labels: vec![(VERSION_LABEL, VERSION.to_owned())],
         kernel: None,
+        afsd: false,
         budget: 40 * MB,
     }
 }
@@ -545,7 +576,7 @@ fn operator() -> Spec {
     }
 }
 
-fn kmod(kernel: &str, module_version: &str) -> Spec {
+fn kmod(kernel: &str, module_version: &str, afsd_version: &str) -> Spec {
     Spec {
         name: "kmod",
         binary: "kmod-manager",
@@ -556,8 +587,10 @@ fn kmod(kernel: &str, module_version: &str) -> Spec {
             (KERNEL_LABEL, kernel.to_owned()),
             (MODULE_LABEL, module_version.to_owned()),
             (KMOD_MANAGER_LABEL, VERSION.to_owned()),
+            (AFSD_LABEL, afsd_version.to_owned()),
         ],
         kernel: Some(kernel.to_owned()),
+        afsd: true,
         budget: 80 * MB,
     }
 }
@@ -578,8 +611,15 @@ fn check(image: &Image, spec: &Spec) -> Vec<String> {
     problems.extend(check_labels(image, spec));
     problems.extend(check_user_listed(image));
     problems.extend(check_binary(image, &spec.binary_path()));
-    problems.extend(check_files(image, spec));
-    problems.extend(check_no_other_programs(image, spec));
+    let afsd = if spec.afsd {
+        let (files, afsd_problems) = afsd_closure(image);
+        problems.extend(afsd_problems);
+        files
+    } else {
+        BTreeSet::new()
+    };
+    problems.extend(check_files(image, spec, &afsd));
+    problems.extend(check_no_other_programs(image, spec, &afsd));
     if let Some(kernel) = &spec.kernel {
         problems.extend(check_modules(image, kernel));
     }
@@ -680,6 +720,212 @@ fn check_user_listed(image: &Image) -> Vec<String> {
     problems
 }
 
+/// What the dynamic loader needs to know of an ELF file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Dynamic {
+    /// `PT_INTERP`: the loader's path.
+    interpreter: Option<String>,
+    /// `DT_SONAME`.
+    soname: Option<String>,
+    /// `DT_NEEDED`, in order.
+    needed: Vec<String>,
+    /// `DT_RUNPATH` and `DT_RPATH`.
+    search: Vec<String>,
+}
+
+/// Reads the interpreter and the dynamic section (through the section headers) of a
+/// whole ELF file.
+fn elf_dynamic(data: &[u8]) -> Result<Dynamic, String> {
+    match FileKind::parse(data) {
+        Ok(FileKind::Elf32) => elf_dynamic_of::<elf::FileHeader32<Endianness>>(data),
+        Ok(FileKind::Elf64) => elf_dynamic_of::<elf::FileHeader64<Endianness>>(data),
+        Ok(other) => Err(format!("a {other:?} file, not ELF")),
+        Err(e) => Err(format!("not ELF ({e})")),
+    }
+}
+
+fn elf_dynamic_of<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<Dynamic, String> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let header = H::parse(data).map_err(|e| e.to_string())?;
+    let endian = header.endian().map_err(|e| e.to_string())?;
+    let mut out = Dynamic::default();
+    for segment in header
+        .program_headers(endian, data)
+        .map_err(|e| format!("program headers: {e}"))?
+    {
+        if let Some(path) = segment
+            .interpreter(endian, data)
+            .map_err(|e| e.to_string())?
+        {
+            out.interpreter = Some(text(path));
+        }
+    }
+    let sections = header
+        .sections(endian, data)
+        .map_err(|e| format!("section headers: {e}"))?;
+    let Some((entries, link)) = sections
+        .dynamic(endian, data)
+        .map_err(|e| format!("dynamic section: {e}"))?
+    else {
+        return Ok(out);
+    };
+    let strings = sections
+        .strings(endian, data, link)
+        .map_err(|e| format!("dynamic string table: {e}"))?;
+    for entry in entries {
+        let Some(tag) = entry.tag32(endian).filter(|_| entry.is_string(endian)) else {
+            continue;
+        };
+        let value = text(
+            entry
+                .string(endian, strings)
+                .map_err(|e| format!("dynamic section: {e}"))?,
+        );
+        match tag {
+            elf::DT_NEEDED => out.needed.push(value),
+            elf::DT_SONAME => out.soname = Some(value),
+            elf::DT_RUNPATH | elf::DT_RPATH => out.search.push(value),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The GNU triplet of an OCI architecture: Debian's library directories.
+fn triplet(architecture: &str) -> Option<&'static str> {
+    match architecture {
+        "amd64" => Some("x86_64-linux-gnu"),
+        "arm64" => Some("aarch64-linux-gnu"),
+        _ => None,
+    }
+}
+
+/// `afsd` runs in the image: an executable ELF file for the image's architecture whose
+/// loader (`PT_INTERP`) and every library it needs (`DT_NEEDED`, recursively) are
+/// regular files where the loader finds them without `ld.so.cache`: on its system search
+/// path, or already loaded under that name (the loader itself is `libc.so.6`'s
+/// `ld-linux-x86-64.so.2`). Gives those files (afsd included) and the problems.
+fn afsd_closure(image: &Image) -> (BTreeSet<String>, Vec<String>) {
+    let mut found = BTreeSet::new();
+    let mut problems = Vec::new();
+    let file = |path: &str| image.files.get(path).filter(|e| e.kind == Kind::File);
+    let Some(entry) = image.files.get(AFSD) else {
+        return (
+            found,
+            vec![format!(
+                "/{AFSD} is missing (images/kmod/stage-afsd stages it; kmod-manager starts it for OpenAFS)"
+            )],
+        );
+    };
+    if entry.kind != Kind::File {
+        return (
+            found,
+            vec![format!("/{AFSD} is a {}, not a file", entry.kind)],
+        );
+    }
+    if entry.mode & 0o111 == 0 {
+        problems.push(format!("/{AFSD} is not executable (mode {:o})", entry.mode));
+    }
+    let architecture = image.config["architecture"].as_str().unwrap_or_default();
+    let Some(triplet) = triplet(architecture) else {
+        problems.push(format!(
+            "architecture {architecture:?}: this test knows amd64 and arm64"
+        ));
+        return (found, problems);
+    };
+    let search: Vec<String> = LIBRARY_PATH
+        .iter()
+        .map(|dir| dir.replace("{}", triplet))
+        .collect();
+    // Names the loader has mapped (file name and SONAME): a later DT_NEEDED of one is
+    // satisfied without a search.
+    let mut loaded = BTreeSet::new();
+    let mut todo = std::collections::VecDeque::from([AFSD.to_owned()]);
+    while let Some(path) = todo.pop_front() {
+        if !found.insert(path.clone()) {
+            continue;
+        }
+        let entry = &image.files[&path];
+        if entry.data.len() as u64 != entry.size {
+            problems.push(format!(
+                "/{path} is {} bytes, more than the {PROGRAM_WHOLE} this test reads",
+                entry.size
+            ));
+            continue;
+        }
+        let (info, dynamic) = match elf_info(&entry.data)
+            .and_then(|info| elf_dynamic(&entry.data).map(|dynamic| (info, dynamic)))
+        {
+            Ok(both) => both,
+            Err(e) => {
+                problems.push(format!("/{path}: {e}"));
+                continue;
+            }
+        };
+        let want: &[u16] = if path == AFSD {
+            &[elf::ET_EXEC, elf::ET_DYN]
+        } else {
+            &[elf::ET_DYN]
+        };
+        if !want.contains(&info.e_type) {
+            problems.push(format!(
+                "/{path}: ELF type {}, not {}",
+                info.e_type,
+                if path == AFSD {
+                    "an executable"
+                } else {
+                    "a shared library"
+                }
+            ));
+        }
+        if machine(architecture) != Some(info.machine) {
+            problems.push(format!(
+                "/{path}: ELF machine {}, not the image's {architecture}",
+                info.machine
+            ));
+        }
+        if !dynamic.search.is_empty() {
+            problems.push(format!(
+                "/{path} has a RUNPATH/RPATH {:?}: this test (and stage-afsd) resolve libraries on the loader's system search path only",
+                dynamic.search
+            ));
+        }
+        loaded.extend(path.rsplit('/').next().map(str::to_owned));
+        loaded.extend(dynamic.soname.clone());
+        if let Some(interpreter) = &dynamic.interpreter {
+            let at = interpreter.trim_start_matches('/').to_owned();
+            if file(&at).is_some() {
+                loaded.extend(at.rsplit('/').next().map(str::to_owned));
+                todo.push_back(at);
+            } else {
+                problems.push(format!(
+                    "/{path}: its loader {interpreter} (PT_INTERP) is missing from the image"
+                ));
+            }
+        }
+        for name in &dynamic.needed {
+            if loaded.contains(name) {
+                continue;
+            }
+            match search
+                .iter()
+                .map(|dir| format!("{dir}/{name}"))
+                .find(|candidate| file(candidate).is_some())
+            {
+                Some(library) => {
+                    loaded.insert(name.clone());
+                    todo.push_back(library);
+                }
+                None => problems.push(format!(
+                    "/{path} needs {name}, which is in none of /{} (the loader's search path)",
+                    search.join(", /")
+                )),
+            }
+        }
+    }
+    (found, problems)
+}
+
 /// What the ELF headers say about a binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ElfInfo {
@@ -776,8 +1022,9 @@ fn check_binary(image: &Image, path: &str) -> Vec<String> {
 }
 
 /// Exactly `/etc/passwd`, `/etc/group`, the binary, the directories above them and the
-/// driver container's module tree: nothing else, nothing missing.
-fn check_files(image: &Image, spec: &Spec) -> Vec<String> {
+/// driver container's module tree and `afsd` with its libraries (`afsd`, found by
+/// [`afsd_closure`]): nothing else, nothing missing.
+fn check_files(image: &Image, spec: &Spec, afsd: &BTreeSet<String>) -> Vec<String> {
     let binary = spec.binary_path();
     let tree = spec.module_tree();
     let expected = [PASSWD, GROUP, binary.as_str()];
@@ -787,7 +1034,12 @@ fn check_files(image: &Image, spec: &Spec) -> Vec<String> {
         .map(|path| format!("/{path} is missing"))
         .collect();
     let mut allowed_dirs = BTreeSet::new();
-    for path in expected.iter().copied().chain(tree.as_deref()) {
+    for path in expected
+        .iter()
+        .copied()
+        .chain(tree.as_deref())
+        .chain(afsd.iter().map(String::as_str))
+    {
         let mut at = path;
         while let Some((parent, _)) = at.rsplit_once('/') {
             allowed_dirs.insert(parent);
@@ -810,7 +1062,7 @@ fn check_files(image: &Image, spec: &Spec) -> Vec<String> {
         }
         let ok = match entry.kind {
             Kind::Dir => allowed_dirs.contains(path.as_str()) || in_tree(path),
-            Kind::File => expected.contains(&path.as_str()) || in_tree(path),
+            Kind::File => expected.contains(&path.as_str()) || in_tree(path) || afsd.contains(path),
             _ => false,
         };
         if !ok {
@@ -831,16 +1083,20 @@ fn check_files(image: &Image, spec: &Spec) -> Vec<String> {
     problems
 }
 
-/// The entrypoint's binary is the image's only program: no module tools, no shell, no
-/// other executable (kernel modules are ELF relocatable files).
-fn check_no_other_programs(image: &Image, spec: &Spec) -> Vec<String> {
+/// The entrypoint's binary (and the driver container's `afsd` with the libraries it
+/// needs, `afsd`) are the image's only programs: no module tools, no shell, no other
+/// executable or library (kernel modules are ELF relocatable files).
+fn check_no_other_programs(image: &Image, spec: &Spec, afsd: &BTreeSet<String>) -> Vec<String> {
     let binary = spec.binary_path();
     let mut problems = Vec::new();
     for (path, entry) in &image.files {
-        if entry.kind == Kind::Dir || *path == binary {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if entry.kind == Kind::Dir
+            || *path == binary
+            || (afsd.contains(path) && !FORBIDDEN_PROGRAMS.iter().any(|(p, _)| *p == name))
+        {
             continue;
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
         if let Some((_, why)) = FORBIDDEN_PROGRAMS.iter().find(|(p, _)| *p == name) {
             problems.push(format!("/{path}: no {name} in the image ({why})"));
         } else if entry.data.starts_with(b"#!") {
@@ -851,8 +1107,14 @@ fn check_no_other_programs(image: &Image, spec: &Spec) -> Vec<String> {
             && info.e_type != elf::ET_REL
         {
             problems.push(format!(
-                "/{path} is an ELF executable or library (type {}); only {} should be",
-                info.e_type, spec.binary
+                "/{path} is an ELF executable or library (type {}); only {}{} should be",
+                info.e_type,
+                spec.binary,
+                if spec.afsd {
+                    " and afsd with the libraries it needs"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -1063,7 +1325,7 @@ fn the_built_kmod_image() {
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| panic!("{}: no {key}=<value>", path.display()))
     };
-    check_built(&dir, &kmod(arg(KERNEL_ARG), arg(MODULE_ARG)));
+    check_built(&dir, &kmod(arg(KERNEL_ARG), arg(MODULE_ARG), arg(AFSD_ARG)));
 }
 
 // ---------------------------------------------------------------------------------
@@ -1071,6 +1333,9 @@ fn the_built_kmod_image() {
 
 const KERNEL: &str = "6.1.0-56-amd64";
 const MODULE_VERSION: &str = "1.0.0";
+const AFSD_VERSION: &str = "1.8.9-1+deb12u1";
+const LOADER: &str = "lib64/ld-linux-x86-64.so.2";
+const LIBC: &str = "lib/x86_64-linux-gnu/libc.so.6";
 const PASSWD_TEXT: &str = "root:x:0:0:root:/root:/sbin/nologin\n\
                            nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n";
 const GROUP_TEXT: &str = "root:x:0:\nnonroot:x:65532:\n";
@@ -1096,6 +1361,112 @@ fn fake_elf(e_type: u16, segments: &[u32]) -> Vec<u8> {
         out.extend([0; 52]);
     }
     out
+}
+
+/// A 64-bit x86-64 ELF file as the loader sees it: `PT_INTERP` naming `interpreter`
+/// (if any), `PT_DYNAMIC`, and section headers for its dynamic section and string table
+/// with `DT_SONAME`, `DT_NEEDED` and `DT_RUNPATH` entries.
+fn fake_dynamic_elf(
+    e_type: u16,
+    interpreter: Option<&str>,
+    soname: Option<&str>,
+    needed: &[&str],
+    runpath: Option<&str>,
+) -> Vec<u8> {
+    let segments: Vec<u32> = interpreter
+        .map(|_| elf::PT_INTERP)
+        .into_iter()
+        .chain([elf::PT_DYNAMIC])
+        .collect();
+    let mut out = fake_elf(e_type, &segments);
+    // The string table: "\0" then each string; the dynamic entries point into it.
+    let mut strings = vec![0u8];
+    let mut entries: Vec<(u64, u64)> = Vec::new();
+    let mut string = |s: &str| {
+        let at = strings.len() as u64;
+        strings.extend(s.bytes().chain([0]));
+        at
+    };
+    for (tag, value) in soname
+        .map(|s| (elf::DT_SONAME, s))
+        .into_iter()
+        .chain(needed.iter().map(|n| (elf::DT_NEEDED, *n)))
+        .chain(runpath.map(|r| (elf::DT_RUNPATH, r)))
+    {
+        entries.push((u64::from(tag), string(value)));
+    }
+    entries.push((u64::from(elf::DT_NULL), 0));
+    let interp_at = out.len() as u64;
+    let interp: Vec<u8> = interpreter
+        .map(|i| i.bytes().chain([0]).collect())
+        .unwrap_or_default();
+    out.extend(&interp);
+    let strings_at = out.len() as u64;
+    out.extend(&strings);
+    while !out.len().is_multiple_of(8) {
+        out.push(0);
+    }
+    let dynamic_at = out.len() as u64;
+    for (tag, value) in &entries {
+        out.extend(tag.to_le_bytes());
+        out.extend(value.to_le_bytes());
+    }
+    let dynamic_size = out.len() as u64 - dynamic_at;
+    // Program headers (fake_elf left them zeroed after p_type): offset and file size.
+    let mut segment = |index: usize, offset: u64, size: u64| {
+        let at = 64 + 56 * index;
+        out[at + 8..at + 16].copy_from_slice(&offset.to_le_bytes());
+        out[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+    };
+    if interpreter.is_some() {
+        segment(0, interp_at, interp.len() as u64);
+    }
+    segment(segments.len() - 1, dynamic_at, dynamic_size);
+    // Section headers: null, .dynstr, .dynamic (linked to .dynstr).
+    let shoff = out.len() as u64;
+    let section = |sh_type: u32, offset: u64, size: u64, link: u32, entsize: u64| {
+        let mut h = Vec::with_capacity(64);
+        h.extend(0u32.to_le_bytes()); // sh_name
+        h.extend(sh_type.to_le_bytes());
+        h.extend(0u64.to_le_bytes()); // sh_flags
+        h.extend(0u64.to_le_bytes()); // sh_addr
+        h.extend(offset.to_le_bytes());
+        h.extend(size.to_le_bytes());
+        h.extend(link.to_le_bytes());
+        h.extend(0u32.to_le_bytes()); // sh_info
+        h.extend(8u64.to_le_bytes()); // sh_addralign
+        h.extend(entsize.to_le_bytes());
+        h
+    };
+    out.extend(section(elf::SHT_NULL, 0, 0, 0, 0));
+    out.extend(section(
+        elf::SHT_STRTAB,
+        strings_at,
+        strings.len() as u64,
+        0,
+        0,
+    ));
+    out.extend(section(elf::SHT_DYNAMIC, dynamic_at, dynamic_size, 1, 16));
+    out[40..48].copy_from_slice(&shoff.to_le_bytes()); // e_shoff
+    out[60..62].copy_from_slice(&3u16.to_le_bytes()); // e_shnum
+    out[62..64].copy_from_slice(&1u16.to_le_bytes()); // e_shstrndx: names in .dynstr
+    out
+}
+
+/// afsd as Debian builds it: a PIE needing libc.
+fn fake_afsd() -> Vec<u8> {
+    fake_dynamic_elf(
+        elf::ET_DYN,
+        Some("/lib64/ld-linux-x86-64.so.2"),
+        None,
+        &["libc.so.6"],
+        None,
+    )
+}
+
+/// A shared library named `soname` needing `needed`.
+fn fake_library(soname: &str, needed: &[&str]) -> Vec<u8> {
+    fake_dynamic_elf(elf::ET_DYN, None, Some(soname), needed, None)
 }
 
 fn static_binary() -> Vec<u8> {
@@ -1182,6 +1553,17 @@ fn good(spec: &Spec) -> Image {
                    extra/openafs.ko:\n";
         files.insert(format!("{tree}/modules.dep"), file(dep.as_bytes(), 0o644));
     }
+    if spec.afsd {
+        // As stage-afsd stages it: regular files at the paths ldd names.
+        for d in ["lib", "lib/x86_64-linux-gnu", "lib64", "usr/sbin"] {
+            files.insert(d.to_owned(), dir());
+        }
+        files.insert(AFSD.to_owned(), file(&fake_afsd(), 0o755));
+        let loader = fake_library("ld-linux-x86-64.so.2", &[]);
+        files.insert(LOADER.to_owned(), file(&loader, 0o755));
+        let libc = fake_library("libc.so.6", &["ld-linux-x86-64.so.2"]);
+        files.insert(LIBC.to_owned(), file(&libc, 0o755));
+    }
     let unpacked = files.values().map(|e| e.size + 512).sum();
     Image {
         config,
@@ -1192,7 +1574,11 @@ fn good(spec: &Spec) -> Image {
 }
 
 fn all_specs() -> [Spec; 3] {
-    [csi_driver(), operator(), kmod(KERNEL, MODULE_VERSION)]
+    [
+        csi_driver(),
+        operator(),
+        kmod(KERNEL, MODULE_VERSION, AFSD_VERSION),
+    ]
 }
 
 #[test]
@@ -1202,7 +1588,7 @@ fn good_images_pass() {
         assert_eq!(check(&image, &spec), Vec::<String>::new(), "{}", spec.name);
         assert_eq!(
             image.file_count(),
-            if spec.kernel.is_some() { 7 } else { 3 }
+            if spec.kernel.is_some() { 10 } else { 3 }
         );
     }
 }
@@ -1319,7 +1705,7 @@ fn configuration_faults_are_caught() {
         ],
     );
     expect_problems(
-        &kmod(KERNEL, MODULE_VERSION),
+        &kmod(KERNEL, MODULE_VERSION, AFSD_VERSION),
         vec![
             (Runtime("Cmd", Value::Null), "Cmd null, want [\"run\"]"),
             (Runtime("User", json!("65532:65532")), "want \"0:0\""),
@@ -1335,6 +1721,10 @@ fn configuration_faults_are_caught() {
             (
                 Label(KMOD_MANAGER_LABEL, Some("9")),
                 "kmod-manager-version=Some(\"9\")",
+            ),
+            (
+                Label(AFSD_LABEL, None),
+                "afsd-version=None, want \"1.8.9-1+deb12u1\"",
             ),
         ],
     );
@@ -1417,14 +1807,14 @@ fn file_faults_are_caught() {
         ],
     );
     expect_problems(
-        &kmod(KERNEL, MODULE_VERSION),
+        &kmod(KERNEL, MODULE_VERSION, AFSD_VERSION),
         vec![(Fault::Unpacked(80 * MB + 1), "the budget is 80 MB")],
     );
 }
 
 #[test]
 fn module_tree_faults_are_caught() {
-    let spec = kmod(KERNEL, MODULE_VERSION);
+    let spec = kmod(KERNEL, MODULE_VERSION, AFSD_VERSION);
     let module = file(&fake_elf(elf::ET_REL, &[]), 0o644);
     let dep = in_tree("modules.dep");
     let dep_of = |text: &str| put(&dep, file(text.as_bytes(), 0o644));
@@ -1483,7 +1873,10 @@ fn module_tree_faults_are_caught() {
     );
 
     // The image's tree is for another kernel than build.env names.
-    let problems = check(&good(&spec), &kmod("6.1.0-55-amd64", MODULE_VERSION));
+    let problems = check(
+        &good(&spec),
+        &kmod("6.1.0-55-amd64", MODULE_VERSION, AFSD_VERSION),
+    );
     let want = "/lib/modules/6.1.0-55-amd64/ is missing";
     assert!(problems.iter().any(|p| p.contains(want)), "{problems:#?}");
 
@@ -1499,6 +1892,158 @@ fn module_tree_faults_are_caught() {
     ])
     .apply(&mut image);
     assert_eq!(check(&image, &spec), Vec::<String>::new());
+}
+
+#[test]
+fn afsd_faults_are_caught() {
+    let spec = kmod(KERNEL, MODULE_VERSION, AFSD_VERSION);
+    let library = |soname: &str, needed: &[&str]| file(&fake_library(soname, needed), 0o755);
+    let afsd_with = |data: Vec<u8>| put(AFSD, file(&data, 0o755));
+    let truncated = {
+        let mut entry = file(&fake_afsd(), 0o755);
+        entry.size = PROGRAM_WHOLE + 1;
+        entry
+    };
+    expect_problems(
+        &spec,
+        vec![
+            (Fault::Remove(AFSD.to_owned()), "/usr/sbin/afsd is missing"),
+            (
+                Fault::Remove(LIBC.to_owned()),
+                "/usr/sbin/afsd needs libc.so.6, which is in none of /lib/x86_64-linux-gnu, /usr/lib/x86_64-linux-gnu, /lib, /usr/lib",
+            ),
+            (
+                Fault::Remove(LOADER.to_owned()),
+                "its loader /lib64/ld-linux-x86-64.so.2 (PT_INTERP) is missing",
+            ),
+            // A library nothing needs, and one that is not where the loader looks.
+            (
+                put(
+                    "lib/x86_64-linux-gnu/libextra.so.1",
+                    library("libextra.so.1", &[]),
+                ),
+                "unexpected /lib/x86_64-linux-gnu/libextra.so.1 (file)",
+            ),
+            (
+                put(
+                    "lib/x86_64-linux-gnu/libextra.so.1",
+                    library("libextra.so.1", &[]),
+                ),
+                "only kmod-manager and afsd with the libraries it needs should be",
+            ),
+            (
+                Fault::All(vec![
+                    Fault::Remove(LIBC.to_owned()),
+                    put("opt/lib/libc.so.6", library("libc.so.6", &[])),
+                ]),
+                "needs libc.so.6, which is in none of",
+            ),
+            // A library's own dependency.
+            (
+                put(LIBC, library("libc.so.6", &["libcrypt.so.1"])),
+                "/lib/x86_64-linux-gnu/libc.so.6 needs libcrypt.so.1",
+            ),
+            (
+                afsd_with(fake_dynamic_elf(
+                    elf::ET_DYN,
+                    Some("/lib64/ld-linux-x86-64.so.2"),
+                    None,
+                    &["libc.so.6"],
+                    Some("$ORIGIN/../lib"),
+                )),
+                "has a RUNPATH/RPATH [\"$ORIGIN/../lib\"]",
+            ),
+            (
+                afsd_with(fake_dynamic_elf(elf::ET_REL, None, None, &[], None)),
+                "/usr/sbin/afsd: ELF type 1, not an executable",
+            ),
+            (
+                put(LIBC, file(&static_binary(), 0o755)),
+                "libc.so.6: ELF type 2, not a shared library",
+            ),
+            (
+                afsd_with(b"#!/bin/sh\n".to_vec()),
+                "/usr/sbin/afsd: not ELF",
+            ),
+            (Fault::Mode(AFSD.to_owned(), 0o644), "is not executable"),
+            (
+                put(AFSD, truncated),
+                "more than the 16777216 this test reads",
+            ),
+            (
+                put(
+                    AFSD,
+                    Entry {
+                        kind: Kind::Symlink("/bin/true".to_owned()),
+                        ..dir()
+                    },
+                ),
+                "/usr/sbin/afsd is a symlink to /bin/true, not a file",
+            ),
+            // afsd's closure never brings a shell.
+            (
+                put("bin/sh", file(&static_binary(), 0o755)),
+                "/bin/sh: no sh in the image",
+            ),
+            (
+                put("lib/x86_64-linux-gnu/sh", library("sh", &[])),
+                "no sh in the image",
+            ),
+        ],
+    );
+    // The loader finds libraries on its whole search path, and the interpreter under
+    // its name.
+    let mut image = good(&spec);
+    Fault::All(vec![
+        Fault::Remove(LIBC.to_owned()),
+        Fault::Remove("lib/x86_64-linux-gnu".to_owned()),
+        put("usr/lib", dir()),
+        put("usr/lib/x86_64-linux-gnu", dir()),
+        put(
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+            library("libc.so.6", &["ld-linux-x86-64.so.2"]),
+        ),
+    ])
+    .apply(&mut image);
+    assert_eq!(check(&image, &spec), Vec::<String>::new());
+    // afsd belongs to the driver container only.
+    let mut csi = good(&csi_driver());
+    put(AFSD, file(&fake_afsd(), 0o755)).apply(&mut csi);
+    let problems = check(&csi, &csi_driver());
+    assert!(
+        problems.iter().any(|p| p.contains("unexpected /usr/sbin")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn a_real_program_reads_as_the_loader_sees_it() {
+    // This host's own dynamically linked programs, whole.
+    let Ok(bytes) = std::fs::read("/bin/true") else {
+        return;
+    };
+    let dynamic = elf_dynamic(&bytes).expect("/bin/true parses");
+    assert!(
+        dynamic
+            .interpreter
+            .as_deref()
+            .is_some_and(|i| i.contains("ld-")),
+        "{dynamic:?}"
+    );
+    assert!(
+        dynamic.needed.iter().any(|n| n.starts_with("libc.so")),
+        "{dynamic:?}"
+    );
+    let fake = elf_dynamic(&fake_afsd()).expect("the fake parses");
+    assert_eq!(
+        fake,
+        Dynamic {
+            interpreter: Some("/lib64/ld-linux-x86-64.so.2".to_owned()),
+            soname: None,
+            needed: vec!["libc.so.6".to_owned()],
+            search: vec![],
+        }
+    );
 }
 
 #[test]

@@ -4,9 +4,9 @@
 //! targets of the workspace, declares every build argument it uses, runs an exec-form
 //! `ENTRYPOINT` naming a binary it copies, as a numeric user (non-root except the
 //! driver container), carries the OCI labels; the driver container takes its kernel and
-//! module version as required arguments that select the staged module tree. Then the
-//! images are checked against the pod specs the operator builds for them, and
-//! `images/README.md` against the Dockerfiles.
+//! module version as required arguments that select the staged module tree and the
+//! staged `afsd` tree. Then the images are checked against the pod specs the operator
+//! builds for them, and `images/README.md` against the Dockerfiles.
 //!
 //! The parser knows what these Dockerfiles use: instructions, `\` continuations,
 //! comment lines (also inside a continuation), parser directives, exec and shell form,
@@ -30,9 +30,18 @@ use serde_json::{Value, json};
 /// Every image lives in `images/<name>/Dockerfile`.
 const IMAGES_DIR: &str = "images";
 const DOCKERFILE: &str = "Dockerfile";
-/// Module trees staged by `images/kmod/stage-modules`, git-ignored: the only build
-/// context path an image may reach through a required (default-less) build argument.
+/// Module trees staged by `images/kmod/stage-modules`, git-ignored: with the afsd trees,
+/// the only build context paths an image may reach through a required (default-less)
+/// build argument.
 const STAGED_MODULES: &str = "images/kmod/modules";
+/// `afsd` trees staged by `images/kmod/stage-afsd`, git-ignored, one per module version.
+const STAGED_AFSD: &str = "images/kmod/afsd";
+const STAGED_TREES: [&str; 2] = [STAGED_MODULES, STAGED_AFSD];
+/// The driver container's build argument naming the afsd tree laid over `/`, and the
+/// one carrying afsd's version into its label.
+const AFSD_DIR_ARG: &str = "AFSD_DIR";
+const AFSD_VERSION_ARG: &str = "AFSD_VERSION";
+const AFSD_LABEL: &str = "afs.csi.auristor.com/afsd-version";
 /// The labels every image carries.
 const OCI_TITLE: &str = "org.opencontainers.image.title";
 const OCI_SOURCE: &str = "org.opencontainers.image.source";
@@ -310,6 +319,25 @@ fn substitute(text: &str, scope: &Scope) -> (String, Vec<String>) {
     (out, unresolved)
 }
 
+/// [`substitute`], where a value that itself holds a reference the scope cannot resolve
+/// (an ARG whose default names a required one) leaves that name unresolved too.
+fn resolve(text: &str, scope: &Scope) -> (String, Vec<String>) {
+    let (resolved, mut unresolved) = substitute(text, scope);
+    for r in references(&resolved) {
+        if !unresolved.contains(&r.name) {
+            unresolved.push(r.name);
+        }
+    }
+    (resolved, unresolved)
+}
+
+/// Under one of the staged trees (or one itself).
+fn is_staged(rel: &str) -> bool {
+    STAGED_TREES
+        .iter()
+        .any(|tree| rel == *tree || rel.starts_with(&format!("{tree}/")))
+}
+
 // ---------------------------------------------------------------------------------
 // The model of one Dockerfile
 
@@ -563,14 +591,14 @@ fn image_path(path: &str) -> String {
 }
 
 /// Files the image gets from the repository: image path -> repository path (relative).
-/// Sources that the scope cannot resolve (the staged module tree) are left out.
+/// Sources that the scope cannot resolve (the staged trees) are left out.
 fn image_files(stage: &Stage, root: &Path) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     for copy in &stage.copies {
         let (dest, _) = substitute(&copy.dest, &copy.scope);
         let into_dir = dest.ends_with('/') || copy.sources.len() > 1;
         for source in &copy.sources {
-            let (resolved, unresolved) = substitute(source, &copy.scope);
+            let (resolved, unresolved) = resolve(source, &copy.scope);
             let Some(rel) = context_path(&resolved).filter(|_| unresolved.is_empty()) else {
                 continue;
             };
@@ -807,7 +835,7 @@ fn check(text: &str, policy: Policy, ws: &Workspace) -> Vec<String> {
 }
 
 /// A COPY/ADD: sources inside the repository that exist, release binaries that are
-/// workspace binaries, build-argument paths only into the staged module tree.
+/// workspace binaries, build-argument paths only into the staged trees.
 fn check_copy(copy: &CopyOp, stage_names: &BTreeSet<&str>, ws: &Workspace) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(from) = &copy.from {
@@ -826,7 +854,7 @@ fn check_copy(copy: &CopyOp, stage_names: &BTreeSet<&str>, ws: &Workspace) -> Ve
             ));
             continue;
         }
-        let (resolved, unresolved) = substitute(source, &copy.scope);
+        let (resolved, unresolved) = resolve(source, &copy.scope);
         let Some(rel) = context_path(&resolved) else {
             problems.push(format!(
                 "{} {source}: not a path inside the build context (the repository root)",
@@ -835,18 +863,18 @@ fn check_copy(copy: &CopyOp, stage_names: &BTreeSet<&str>, ws: &Workspace) -> Ve
             continue;
         };
         if !unresolved.is_empty() {
-            if !rel.starts_with(&format!("{STAGED_MODULES}/")) {
+            if !is_staged(&rel) || STAGED_TREES.contains(&rel.as_str()) {
                 problems.push(format!(
-                    "{} {source}: uses build argument(s) {} without a default; only the staged module tree {STAGED_MODULES}/ may",
+                    "{} {source}: uses build argument(s) {} without a default; only the staged trees {STAGED_MODULES}/ and {STAGED_AFSD}/ may",
                     copy.keyword,
                     unresolved.join(", ")
                 ));
             }
             continue;
         }
-        if rel.starts_with(&format!("{STAGED_MODULES}/")) || rel == STAGED_MODULES {
+        if is_staged(&rel) {
             problems.push(format!(
-                "{} {source}: the staged module tree must be selected by the required build arguments {KERNEL_ARG} and {MODULE_ARG}",
+                "{} {source}: a staged tree must be selected by the required build argument {MODULE_ARG} (the module tree also by {KERNEL_ARG})",
                 copy.keyword
             ));
             continue;
@@ -1025,7 +1053,8 @@ fn check_user(
 }
 
 /// The driver container: required kernel and module version arguments, carried by
-/// labels, selecting the staged tree copied to `/lib/modules/<kernel>/`, so that an
+/// labels, selecting the staged tree copied to `/lib/modules/<kernel>/` and, by module
+/// version, the staged afsd tree laid over `/` (its version in a label), so that an
 /// empty or missing argument fails the build instead of copying the wrong tree.
 fn check_kernel_image(image: &Stage) -> Vec<String> {
     let mut problems = Vec::new();
@@ -1043,40 +1072,95 @@ fn check_kernel_image(image: &Stage) -> Vec<String> {
         }
     }
     let module_dir = format!("/lib/modules/${{{KERNEL_ARG}}}/");
-    let tree = image
+    problems.extend(check_staged_copy(
+        image,
+        "the staged module tree",
+        &module_dir,
+        |_| true,
+        STAGED_MODULES,
+        &[KERNEL_ARG, MODULE_ARG],
+    ));
+
+    // afsd: AFSD_DIR defaults to the tree of this module version, laid over /.
+    match image.args.get(AFSD_DIR_ARG) {
+        None => problems.push(format!(
+            "no ARG {AFSD_DIR_ARG}: the afsd tree images/kmod/stage-afsd stages"
+        )),
+        Some(default) => {
+            let default = default.as_deref().unwrap_or_default();
+            if !references(default).iter().any(|r| r.name == MODULE_ARG) {
+                problems.push(format!(
+                    "ARG {AFSD_DIR_ARG}={default}: its default must depend on {MODULE_ARG} (afsd drives the module of its release)"
+                ));
+            }
+        }
+    }
+    let reads_afsd_dir =
+        |source: &String| references(source).iter().any(|r| r.name == AFSD_DIR_ARG);
+    problems.extend(check_staged_copy(
+        image,
+        "the staged afsd tree",
+        "/",
+        reads_afsd_dir,
+        STAGED_AFSD,
+        &[MODULE_ARG],
+    ));
+    if !image.args.contains_key(AFSD_VERSION_ARG) {
+        problems.push(format!("no ARG {AFSD_VERSION_ARG}"));
+    }
+    let want = format!("${{{AFSD_VERSION_ARG}}}");
+    if image.labels.get(AFSD_LABEL) != Some(&want) {
+        problems.push(format!("LABEL {AFSD_LABEL}={want} missing"));
+    }
+    problems
+}
+
+/// Exactly one COPY of `what` (sources `pick` selects) into `dest`, from under `staged`,
+/// depending on each of `args` so that with any of them empty the source does not widen
+/// to a directory holding the staged trees.
+fn check_staged_copy(
+    image: &Stage,
+    what: &str,
+    dest: &str,
+    pick: impl Fn(&String) -> bool,
+    staged: &str,
+    args: &[&str],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let sources = image
         .copies
         .iter()
-        .filter(|c| image_path(&c.dest) == image_path(&module_dir))
-        .flat_map(|c| c.sources.iter())
+        .filter(|c| image_path(&c.dest) == image_path(dest))
+        .flat_map(|c| c.sources.iter().filter(|s| pick(s)).map(move |s| (s, c)))
         .collect::<Vec<_>>();
-    let [source] = tree.as_slice() else {
+    let [(source, copy)] = sources.as_slice() else {
         problems.push(format!(
-            "expected exactly one COPY of the staged module tree into {module_dir}, found {}",
-            tree.len()
+            "expected exactly one COPY of {what} into {dest}, found {}",
+            sources.len()
         ));
         return problems;
     };
+    // The source with the build arguments' defaults (AFSD_DIR's) but not the required ones.
+    let source = &resolve(source, &copy.scope).0;
     let nominal: Scope = [(KERNEL_ARG, "6.1.0-56-amd64"), (MODULE_ARG, "1.0.0")]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))
         .collect();
-    let staged = context_path(&substitute(source, &nominal).0).unwrap_or_default();
-    if !staged.starts_with(&format!("{STAGED_MODULES}/")) {
-        problems.push(format!(
-            "the module tree {source} is not under {STAGED_MODULES}/"
-        ));
+    let staged_path = context_path(&substitute(source, &nominal).0).unwrap_or_default();
+    if !staged_path.starts_with(&format!("{staged}/")) {
+        problems.push(format!("{what} {source} is not under {staged}/"));
     }
-    for arg in [KERNEL_ARG, MODULE_ARG] {
-        if !references(source).iter().any(|r| r.name == arg) {
-            problems.push(format!("the module tree {source} does not depend on {arg}"));
+    for arg in args {
+        if !references(source).iter().any(|r| r.name == *arg) {
+            problems.push(format!("{what} {source} does not depend on {arg}"));
             continue;
         }
         let mut empty = nominal.clone();
-        empty.insert(arg.to_owned(), Some(String::new()));
+        empty.insert((*arg).to_owned(), Some(String::new()));
         let widened = context_path(&substitute(source, &empty).0).unwrap_or_default();
-        if staged == widened || staged.starts_with(&format!("{widened}/")) {
+        if staged_path == widened || staged_path.starts_with(&format!("{widened}/")) {
             problems.push(format!(
-                "with {arg} empty the module tree {source} becomes {widened}/, which holds the staged trees: the build would copy them instead of failing"
+                "with {arg} empty {what} {source} becomes {widened}/, which holds the staged trees: the build would copy them instead of failing"
             ));
         }
     }
@@ -1152,20 +1236,23 @@ fn every_dockerfile_names_what_exists() {
 }
 
 #[test]
-fn the_staged_module_tree_is_git_ignored() {
+fn the_staged_trees_are_git_ignored() {
     let root = repo_root();
-    let staged = Path::new(STAGED_MODULES);
-    let parent = staged.parent().expect("a parent");
-    let name = staged.file_name().and_then(|n| n.to_str()).expect("a name");
-    let ignore = std::fs::read_to_string(root.join(parent).join(".gitignore")).unwrap_or_default();
-    assert!(
-        ignore
-            .lines()
-            .map(str::trim)
-            .any(|l| l == format!("/{name}/") || l == format!("{name}/")),
-        "{}/.gitignore must ignore /{name}/ (kernel modules are build inputs, never committed)",
-        parent.display()
-    );
+    for tree in STAGED_TREES {
+        let staged = Path::new(tree);
+        let parent = staged.parent().expect("a parent");
+        let name = staged.file_name().and_then(|n| n.to_str()).expect("a name");
+        let ignore =
+            std::fs::read_to_string(root.join(parent).join(".gitignore")).unwrap_or_default();
+        assert!(
+            ignore
+                .lines()
+                .map(str::trim)
+                .any(|l| l == format!("/{name}/") || l == format!("{name}/")),
+            "{}/.gitignore must ignore /{name}/ (kernel modules and afsd are build inputs, never committed)",
+            parent.display()
+        );
+    }
 }
 
 #[test]
@@ -1498,7 +1585,7 @@ ENTRYPOINT /usr/local/bin/csi-driver --mode node
     let expected = [
         "FROM debian:bookworm: an image starts FROM scratch",
         "uses ${BINDIR}, which no ARG or ENV before it declares",
-        "BINDIR without a default; only the staged module tree",
+        "BINDIR without a default; only the staged trees",
         "\"no-such-binary\" is not a binary target of the workspace",
         "images carry release builds",
         "images/no-such-file does not exist in the repository",
@@ -1611,7 +1698,7 @@ fn a_kernel_image_that_could_copy_the_wrong_tree_is_caught() {
             line,
             "COPY images/kmod/modules/${KERNEL_VERSION}/ /lib/modules/${KERNEL_VERSION}/",
         ),
-        "with KERNEL_VERSION empty the module tree",
+        "with KERNEL_VERSION empty the staged module tree",
     );
     find(
         &kmod.replace(
@@ -1640,6 +1727,43 @@ fn a_kernel_image_that_could_copy_the_wrong_tree_is_caught() {
             line,
             "COPY ${BIN_DIR}/${KERNEL_VERSION} /lib/modules/${KERNEL_VERSION}/",
         ),
-        "only the staged module tree",
+        "only the staged trees",
+    );
+
+    // afsd: the tree of this module version, laid over /, never all staged trees.
+    let afsd_dir = kmod
+        .lines()
+        .find(|l| l.starts_with("ARG AFSD_DIR="))
+        .expect("ARG AFSD_DIR");
+    let afsd_copy = kmod
+        .lines()
+        .find(|l| l.starts_with("COPY ${AFSD_DIR}"))
+        .expect("the afsd COPY");
+    find(
+        &kmod.replace(afsd_dir, "ARG AFSD_DIR=images/kmod/afsd/${MODULE_VERSION}"),
+        "with MODULE_VERSION empty the staged afsd tree",
+    );
+    find(
+        &kmod.replace(afsd_dir, "ARG AFSD_DIR=images/kmod/afsd/1.0.0/root"),
+        "its default must depend on MODULE_VERSION",
+    );
+    find(
+        &kmod.replace(afsd_dir, "ARG AFSD_DIR=target/afsd/${MODULE_VERSION}/root"),
+        "only the staged trees",
+    );
+    find(
+        &kmod.replace(afsd_dir, "ARG AFSD_DIR=images/kmod/afsd/${MODULE_VERSION}/root\nARG AFSD_DIR=images/kmod/afsd/1.0.0/root"),
+        "a staged tree must be selected by the required build argument MODULE_VERSION",
+    );
+    find(
+        &kmod.replace(afsd_copy, ""),
+        "expected exactly one COPY of the staged afsd tree into /, found 0",
+    );
+    find(
+        &kmod.replace(
+            "afs.csi.auristor.com/afsd-version=\"${AFSD_VERSION}\"",
+            "afs.csi.auristor.com/afsd-version=\"\"",
+        ),
+        "LABEL afs.csi.auristor.com/afsd-version=${AFSD_VERSION} missing",
     );
 }

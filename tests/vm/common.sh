@@ -115,8 +115,8 @@ prepare_node() {
     ROOTFS=${out#ROOTFS=}; ROOTFS=${ROOTFS%% *}
     OPENAFS_KO=${out##*OPENAFS_KO=}
     NODE_INITRD=$LOGDIR/node-initramfs.cpio
-    say "node: packing the node initramfs (kafs chain, openafs.ko, 9p, csi-driver, kmod-manager)"
-    "$HERE/node/build-initramfs" "$NODE_INITRD" "$KVER" "$TREE" "$OPENAFS_KO" "$(dirname "$BIN")" || return 1
+    say "node: packing the node initramfs (kafs chain, openafs.ko, 9p, csi-driver, kmod-manager, the kmod image)"
+    "$HERE/node/build-initramfs" "$NODE_INITRD" "$KVER" "$TREE" "$OPENAFS_KO" "$(dirname "$BIN")" "$IMAGE_ROOTFS" || return 1
     # The cell is remade when the scripts that make it change.
     CELLDIR=$(dirname "$ROOTFS")/cell-$(cat "$HERE/node/cell-init.sh" "$HERE/node/lib.sh" | sha256sum | cut -c1-12)
     mkdir -p "$CELLDIR" || return 1
