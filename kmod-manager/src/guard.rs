@@ -148,7 +148,8 @@ pub fn decide(facts: Facts<'_>) -> Decision {
 }
 
 /// The decision for taking the client down (pure): the client's own AFS root, mounted
-/// at `afs_root` in the host's namespace and copied into others by propagation, and the
+/// at `afs_root` in the host's namespace and copied into others by propagation, with
+/// the volumes kAFS automounted below it, and the
 /// references the root and afsd hold, do not block: the teardown removes them before
 /// the module goes. Everything else still does.
 /// With `afs_root` `None` (the root already unmounted) only the references are left out:
@@ -160,7 +161,9 @@ pub fn without_client(decision: Decision, afs_root: Option<&Path>) -> Decision {
                 .into_iter()
                 .filter(|b| match b {
                     Blocker::Refcount { .. } => false,
-                    Blocker::Mount { mount_point, .. } => Some(mount_point.as_path()) != afs_root,
+                    Blocker::Mount { mount_point, .. } => {
+                        !afs_root.is_some_and(|root| mount_point.starts_with(root))
+                    }
                     _ => true,
                 })
                 .collect();
@@ -634,6 +637,7 @@ mod tests {
         let own = refused(vec![
             root_mount(1, "/afs"),
             root_mount(2, "/afs"),
+            root_mount(1, "/afs/test.afs/test.vol"),
             Blocker::Refcount { refcount: 2 },
         ]);
         assert_eq!(without_client(own.clone(), afs), Decision::Safe);
@@ -646,6 +650,7 @@ mod tests {
         let used = refused(vec![
             root_mount(1, "/afs"),
             root_mount(3, "/mnt/afs"),
+            root_mount(3, "/afsx"),
             Blocker::CsiTarget {
                 target_path: "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/v/mount".into(),
                 pod_uid: "p".into(),
@@ -655,7 +660,7 @@ mod tests {
         ]);
         match without_client(used, afs) {
             Decision::Refused { blockers } => {
-                assert_eq!(blockers.len(), 2);
+                assert_eq!(blockers.len(), 3);
                 assert!(blockers.iter().all(|b| !matches!(b, Blocker::Mount { mount_point, .. } if mount_point == Path::new("/afs"))));
             }
             other => panic!("expected a refusal, got {other:?}"),

@@ -3,7 +3,7 @@
 //!
 //! Pure decision modules: [`kernel`] (release parsing), [`mapping`] (image selection),
 //! [`modinfo`] (fit of a `.ko`), [`depmod`] (load order), [`guard`] (unload decision),
-//! [`status`] (rendering). I/O modules: [`state`], [`mounts`], [`record`] (which modules are ours), [`loader`], [`unload`],
+//! [`status`] (rendering), [`client::plan`]. I/O modules: [`state`], [`mounts`], [`record`] (which modules are ours), [`loader`], [`unload`], [`client`],
 //! [`daemon`], [`node`]; the module syscalls behind [`sys`].
 
 pub mod app;

@@ -123,8 +123,9 @@ pub fn evaluate_with_usage(
     ))
 }
 
-/// Observes what uses the module, without deciding anything. Mounts at `own_root` (the
-/// AFS root of the client kmod-manager runs) are the client's, not a use.
+/// Observes what uses the module, without deciding anything. Mounts at and below
+/// `own_root` (the AFS root of the client kmod-manager runs, and kAFS's automounts in
+/// it) are the client's, not a use.
 pub fn observe_usage(
     paths: &SysPaths,
     cfg: &GuardConfig,
@@ -133,7 +134,7 @@ pub fn observe_usage(
     let mut obs = observe(paths, cfg)?;
     if let Some(root) = own_root {
         for ns in &mut obs.namespaces {
-            ns.mounts.retain(|m| m.mount_point != root);
+            ns.mounts.retain(|m| !m.mount_point.starts_with(root));
         }
     }
     Ok(usage(obs.facts(cfg)))

@@ -8,8 +8,9 @@
 //! enters the namespace of pid 1 (`setns`, CAP_SYS_ADMIN + CAP_SYS_CHROOT, hostPID).
 //! The root is observed through `/proc/1/root` and `/proc/1/mountinfo`.
 //!
-//! afsd runs in the container with `-nomount`. Its daemons stay in the kernel after it
-//! exits; kmod-manager is their child subreaper, so a daemon that dies is seen.
+//! afsd runs in the container with `-nomount`. The daemons it leaves as processes
+//! (OpenAFS 1.8 on Linux runs its own as kernel threads) become kmod-manager's children
+//! (child subreaper), so one that dies is seen; the AFS root check sees the rest.
 
 pub mod celldb;
 pub mod plan;
@@ -59,7 +60,9 @@ pub enum ClientError {
         #[source]
         source: Errno,
     },
-    #[error("the AFS root {0} is busy (a process has a file open or its working directory there)")]
+    #[error(
+        "{0} in the AFS root is busy (a process has a file open or its working directory there)"
+    )]
     Busy(PathBuf),
     #[error(
         "refusing to mount the AFS root on {path}: it is not empty (it holds {entry}), and a mount would hide it"
@@ -168,15 +171,23 @@ impl Client {
         })
     }
 
+    /// The host's mounts (pid 1's mountinfo), in mount order.
+    fn host_mounts(&self) -> Vec<procfs::process::MountInfo> {
+        std::fs::read(self.proc_root.join("1/mountinfo"))
+            .ok()
+            .and_then(|text| {
+                <procfs::process::MountInfos as procfs::FromBufRead>::from_buf_read(
+                    std::io::Cursor::new(text),
+                )
+                .ok()
+            })
+            .map(|m| m.0)
+            .unwrap_or_default()
+    }
+
     /// The filesystem type of the top mount at the AFS root in the host's namespace.
     pub fn root_fs_type(&self) -> Option<String> {
-        let path = self.proc_root.join("1/mountinfo");
-        let text = std::fs::read(&path).ok()?;
-        let infos = <procfs::process::MountInfos as procfs::FromBufRead>::from_buf_read(
-            std::io::Cursor::new(text),
-        )
-        .ok()?;
-        infos
+        self.host_mounts()
             .into_iter()
             .rfind(|m| m.mount_point == self.plan.afs_root)
             .map(|m| m.fs_type)
@@ -354,22 +365,39 @@ impl Client {
         })
     }
 
-    /// Unmounts the AFS root in the host's namespace (its copies in other namespaces
-    /// follow through propagation). Never detached: a busy root stays.
+    /// Unmounts the AFS root in the host's namespace, after the volumes kAFS automounted
+    /// below it, deepest first (its copies in other namespaces follow through
+    /// propagation). Never detached: a busy mount stays, and so does the root.
     pub fn unmount_root(&self, fs_types: &[String]) -> Result<(), ClientError> {
-        if !self.root_fs_type().is_some_and(|t| fs_types.contains(&t)) {
+        let mut tree: Vec<PathBuf> = self
+            .host_mounts()
+            .into_iter()
+            .filter(|m| {
+                m.mount_point.starts_with(&self.plan.afs_root) && fs_types.contains(&m.fs_type)
+            })
+            .map(|m| m.mount_point)
+            .collect();
+        if tree.is_empty() {
             return Ok(());
         }
-        let root = self.plan.afs_root.clone();
+        tree.reverse();
         in_host_namespace(&self.proc_root, || {
-            nix::mount::umount2(&root, MntFlags::empty()).map_err(|source| match source {
-                Errno::EBUSY => ClientError::Busy(root.clone()),
-                source => ClientError::Mount {
-                    what: "cannot unmount the AFS root",
-                    path: root.clone(),
-                    source,
-                },
-            })
+            for path in &tree {
+                match nix::mount::umount2(path, MntFlags::empty()) {
+                    Ok(()) => {}
+                    // An automount that expired meanwhile.
+                    Err(Errno::EINVAL | Errno::ENOENT) if *path != self.plan.afs_root => {}
+                    Err(Errno::EBUSY) => return Err(ClientError::Busy(path.clone())),
+                    Err(source) => {
+                        return Err(ClientError::Mount {
+                            what: "cannot unmount",
+                            path: path.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            Ok(())
         })
     }
 

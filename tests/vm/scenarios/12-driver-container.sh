@@ -79,7 +79,6 @@ container_config openafs > /tmp/kmod-config/config.yaml
 check "the container becomes ready: openafs.ko loaded from the image, afsd started, /afs mounted" container_up
 check "/afs is OpenAFS's root (magic 5346414f) listing $CELL" afs_root_is 5346414f
 check "the test volume reads through /afs" grep -q made-by-cell-init /afs/$CELL/$TESTVOL/README
-check "afsd's daemons run from the image, children of kmod-manager" sh -c "pgrep -P $CPID >/dev/null"
 container_down
 check "SIGTERM when idle: the container exits 0" [ $? -eq 0 ]
 check "/afs unmounted, afsd stopped, openafs unloaded" afs_down
