@@ -72,7 +72,12 @@ check "the record of what the first container inserted is in the emptyDir" \
 container_down
 check "SIGTERM when idle: the container exits 0" [ $? -eq 0 ]
 check "/afs unmounted" afs_down
-check "kafs and its chain unloaded" none_loaded
+check "kafs and the chain the container inserted unloaded" not_loaded kafs rxrpc dns_resolver ip6_udp_tunnel udp_tunnel
+# 9p needs netfs and fscache, so the node's boot loaded them before any container ran:
+# they were never the container's to remove.
+boot_modules_kept() { loaded netfs && loaded fscache; }
+check "netfs and fscache (the node's, loaded at boot for 9p) kept" boot_modules_kept
+check "the container said why it kept them" contains /tmp/km.log 'left=\["fscache", "netfs"\]'
 
 step "openafs.ko and the image's afsd through the container"
 container_config openafs > /tmp/kmod-config/config.yaml
