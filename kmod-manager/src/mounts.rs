@@ -154,7 +154,7 @@ fn read_namespace(
                     }));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if has_left(&e) => {}
             Err(_) => any_alive = true,
         }
     }
@@ -166,6 +166,16 @@ fn read_namespace(
     } else {
         Ok(None)
     }
+}
+
+/// Whether opening `/proc/<pid>/mountinfo` failed because the process is gone or is
+/// leaving: ENOENT once it is reaped, EINVAL while it exits (the kernel has already
+/// dropped its namespaces). Seen under a real kubelet: the CSI node plugin exiting
+/// while a kmod pod stops. Its mounts go with its namespace; the kernel's module
+/// refcount still guards what they pinned.
+fn has_left(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+        || e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32)
 }
 
 /// A CSI volume kubelet published for a pod on this node.
@@ -254,6 +264,16 @@ mod tests {
         assert_eq!(t[0].pod_uid, "u1");
         assert!(t[0].target_path.ends_with("kubernetes.io~csi/pv-a/mount"));
         assert!(find_csi_targets(&dir.path().join("nope"), "x").is_empty());
+    }
+
+    #[test]
+    fn a_process_leaving_its_namespace_is_not_a_reader() {
+        let io = |errno| std::io::Error::from_raw_os_error(errno);
+        assert!(has_left(&io(nix::errno::Errno::ENOENT as i32)));
+        assert!(has_left(&io(nix::errno::Errno::EINVAL as i32)));
+        // Anything else may hide a namespace that still holds mounts: not read, refused.
+        assert!(!has_left(&io(nix::errno::Errno::EACCES as i32)));
+        assert!(!has_left(&io(nix::errno::Errno::EPERM as i32)));
     }
 
     #[test]

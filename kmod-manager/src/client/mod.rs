@@ -454,7 +454,12 @@ fn run_bounded(
         path: path.to_owned(),
         source,
     };
-    let mut log = tempfile::tempfile().map_err(spawn_err)?;
+    // In memory (memfd): the kmod pod's root filesystem is read-only and a scratch
+    // image has no /tmp, so a temporary file there cannot be made.
+    let mut log = std::fs::File::from(
+        nix::sys::memfd::memfd_create(c"afsd-output", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| spawn_err(std::io::Error::from(e)))?,
+    );
     let mut child = Command::new(path)
         .args(args)
         .stdin(Stdio::null())

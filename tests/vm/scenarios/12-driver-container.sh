@@ -2,7 +2,8 @@
 # (12) the kmod driver container AS BUILT (images/build: buildah, unpacked from its OCI
 # layout), run the way a container runtime runs the operator's DaemonSet pod: its own
 # root (chroot into the image), the command and environment of the image config plus the
-# pod's env, the host's /proc (hostPID), a read-only /sys, /dev, an emptyDir at
+# pod's env, the host's /proc (hostPID), a read-only /sys, /dev, no /tmp (the image has
+# none and its root is read-only, as in the pod), an emptyDir at
 # /run/kmod-manager, the ConfigMap at /etc/kmod-manager, the kubelet dir read-only, and
 # the client's map: the cell's CellServDB and ThisCell at /etc/openafs, read-only. No
 # host /lib/modules and no host afsd: the image brings its module tree and afsd. The node
@@ -42,11 +43,10 @@ check "the image carries afsd" [ -x $R/usr/sbin/afsd ]
 check_not "the image has no modprobe" sh -c "ls $R/sbin/modprobe $R/usr/sbin/modprobe $R/bin/kmod $R/usr/bin/kmod 2>/dev/null | grep -q ."
 check "the image runs as root (USER 0:0: loading needs CAP_SYS_MODULE)" sh -c "grep -qx '0:0' /etc/kmt/image.user"
 
-mkdir -p $R/proc $R/sys $R/dev $R/tmp $R/run/kmod-manager $R/etc/kmod-manager $R/etc/openafs $R/var/lib/kubelet /var/lib/kubelet /tmp/kmod-config /mnt/pod
+mkdir -p $R/proc $R/sys $R/dev $R/run/kmod-manager $R/etc/kmod-manager $R/etc/openafs $R/var/lib/kubelet /var/lib/kubelet /tmp/kmod-config /mnt/pod
 mount --bind /proc $R/proc
 mount --bind /sys $R/sys && mount -o remount,bind,ro $R/sys
 mount --bind /dev $R/dev
-mount -t tmpfs tmpfs $R/tmp
 mount -t tmpfs tmpfs $R/run/kmod-manager
 mount --bind /tmp/kmod-config $R/etc/kmod-manager && mount -o remount,bind,ro $R/etc/kmod-manager
 mount --bind /etc/openafs $R/etc/openafs && mount -o remount,bind,ro $R/etc/openafs
