@@ -110,7 +110,7 @@ prepare_node() {
     say "node: building csi-driver and csi-bench (static musl)"
     build_csi_binaries || return 1
     [[ $BIN == */x86_64-unknown-linux-musl/* ]] || { say "node: kmod-manager is not a static musl build"; return 1; }
-    out=$("$HERE/node/prepare-root" "$KVER") || return 1
+    out=$("$HERE/node/prepare-root" "$KVER" ${NODE_ROOT_FLAGS:-}) || return 1
     out=$(tail -n1 <<<"$out")
     ROOTFS=${out#ROOTFS=}; ROOTFS=${ROOTFS%% *}
     OPENAFS_KO=${out##*OPENAFS_KO=}
@@ -150,3 +150,58 @@ boot_node() {
 
 # oops_in LOGFILE: the first kernel oops/BUG line of a boot, if any.
 oops_in() { grep -m1 -E 'Oops|BUG: |general protection fault|Kernel panic' "$1" || true; }
+
+# ---- The real cluster (tests/vm/cluster/): the AFS node plus a one-node Kubernetes.
+CLUSTER_TIMEOUT=${KMT_CLUSTER_TIMEOUT:-3600}
+SECOND_MODULE_VERSION=0.2.0
+
+# is_cluster_scenario NAME: the scenario boots a cluster (its file says "# kmt: cluster").
+is_cluster_scenario() { grep -q '^# kmt: cluster' "$HERE/scenarios/$1.sh" 2>/dev/null; }
+
+# cluster_skip_reason: why the cluster scenario cannot run here (empty when it can).
+cluster_skip_reason() {
+    local b missing=()
+    if [[ -z ${AFS_K8S_BIN_DIR:-} ]]; then
+        echo "AFS_K8S_BIN_DIR is not set (a directory with kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl; see tests/vm/README.md)"
+        return
+    fi
+    for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+        [[ -x $AFS_K8S_BIN_DIR/$b ]] || missing+=("$b")
+    done
+    if ((${#missing[@]})); then
+        echo "AFS_K8S_BIN_DIR=$AFS_K8S_BIN_DIR lacks ${missing[*]}"
+        return
+    fi
+    if [[ -z ${AFS_K8S_IMAGES_DIR:-} ]]; then
+        echo "AFS_K8S_IMAGES_DIR is not set (OCI archives of csi-node-driver-registrar, livenessprobe, csi-provisioner; see tests/vm/README.md)"
+        return
+    fi
+    for b in csi-node-driver-registrar livenessprobe csi-provisioner; do
+        compgen -G "$AFS_K8S_IMAGES_DIR/$b*.tar" >/dev/null || missing+=("$b*.tar")
+    done
+    ((${#missing[@]} == 0)) || echo "AFS_K8S_IMAGES_DIR=$AFS_K8S_IMAGES_DIR lacks ${missing[*]}"
+}
+
+# prepare_cluster (after prepare_node): CLUSTER_SHARE; the images at both module
+# versions (images/build) and the share (tests/vm/cluster/prepare).
+prepare_cluster() {
+    # Always rebuilt (cached steps are quick): the cluster runs exactly this checkout.
+    say "cluster: images/build with a second kmod image (module version $SECOND_MODULE_VERSION)"
+    KMOD_SECOND_VERSION=$SECOND_MODULE_VERSION "$ROOT/images/build" >&2 || return 1
+    CLUSTER_SHARE=$LOGDIR/cluster-share
+    "$HERE/cluster/prepare" "$CLUSTER_SHARE" "$KVER"
+}
+
+# boot_cluster SCENARIO LOGFILE: the AFS node with the cluster shares, 2 CPUs, 4 GiB.
+boot_cluster() {
+    local scenario=$1 log=$2
+    timeout --kill-after=10 "$CLUSTER_TIMEOUT" "$QEMU" \
+        -accel tcg -cpu max -smp 2 -m 4096 -nographic -nic none -no-reboot \
+        -kernel "$KERNEL" -initrd "$NODE_INITRD" \
+        -virtfs "local,path=$ROOTFS,mount_tag=rootfs,security_model=none,multidevs=remap,readonly=on" \
+        -virtfs "local,path=$CELLDIR,mount_tag=cellcache,security_model=none,multidevs=remap,readonly=on" \
+        -virtfs "local,path=$AFS_K8S_BIN_DIR,mount_tag=k8sbin,security_model=none,multidevs=remap,readonly=on" \
+        -virtfs "local,path=$CLUSTER_SHARE,mount_tag=cluster,security_model=none,multidevs=remap,readonly=on" \
+        -append "console=ttyS0 panic=-1 oops=panic quiet scenario=$scenario cellcache=ro cluster=1" \
+        </dev/null 2>&1 | stdbuf -oL tr -d '\r' >"$log" || true
+}
