@@ -9,7 +9,6 @@
 REPO=/kmt-cluster/repo
 . $REPO/tests/vm/cluster/up.sh
 export AFSCTL=/kmt-cluster/bin/afsctl AFS_OPERATOR_IMAGE=localhost/afs/afs-operator:$VERSION
-SR=afs-test
 NS=afs-test
 APPS="kubectl -n afs-apps"
 
@@ -36,7 +35,6 @@ admin() {
 pods_of() { kubectl -n $NS get pods -l app.kubernetes.io/component=$1 -o jsonpath='{.items[*].metadata.name}'; }
 taint_gone() { ! kubectl get node $NODE -o jsonpath='{.spec.taints[*].key}' | grep -q 'afs.csi.auristor.com/not-ready'; }
 driver_registered() { kubectl get csinode $NODE -o jsonpath='{.spec.drivers[*].name}' | grep -qw $DRIVER; }
-pod_running() { [ "$($APPS get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
 writer_pod() { $APPS get pods -l app=writer --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}'; }
 logs_have() { $APPS logs "$1" 2>/dev/null | grep -q -- "$2"; }
 writer_wrote() { p=$(writer_pod) && [ -n "$p" ] && logs_have "$p" 'wrote: written by'; }
