@@ -41,6 +41,9 @@ use crate::unload::{
 /// the AFS root that hangs on a dead server makes the node not ready, never stuck).
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const CLIENT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first wait before a failed client start is tried again, doubling up to the max.
+const CLIENT_START_RETRY_FIRST: Duration = Duration::from_secs(10);
+const CLIENT_START_RETRY_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -280,7 +283,7 @@ async fn serve(
         .as_ref()
         .and_then(|(c, _)| c.client.as_ref())
         .map(|settings| {
-            Client::load(settings, &ctx.paths.proc).map_err(|e| {
+            Client::load(settings, &ctx.paths.proc, &ctx.store.dir).map_err(|e| {
                 error!(error = %e, "AFS client configuration refused");
                 e.to_string()
             })
@@ -507,22 +510,30 @@ async fn watch_client(
     reporter: Option<NodeReporter>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let s = shared.clone();
-    let started = tokio::task::spawn_blocking(move || match s.client() {
-        Some(c) => c.start(&s.ctx.guard.fs_types).map_err(|e| e.to_string()),
-        None => Err("no client".to_owned()),
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    if let Err(e) = started {
-        error!(error = %e, "AFS client did not start");
+    // A start that fails (a server not yet up, a map the kubelet has not yet synced) is
+    // tried again, less and less often, while the node reports why it is not ready.
+    let mut retry_in = CLIENT_START_RETRY_FIRST;
+    loop {
+        let s = shared.clone();
+        let started = tokio::task::spawn_blocking(move || match s.client() {
+            Some(c) => c.start(&s.ctx.guard.fs_types).map_err(|e| e.to_string()),
+            None => Err("no client".to_owned()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let Err(e) = started else { break };
+        error!(error = %e, retry_in = %humantime::format_duration(retry_in), "AFS client did not start");
         apply_client_health(
             &shared,
             reporter.as_ref(),
             Err(format!("start failed: {e}")),
         )
         .await;
-        return;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(retry_in) => {}
+        }
+        retry_in = (retry_in * 2).min(CLIENT_START_RETRY_MAX);
     }
     let mut in_flight: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     loop {

@@ -20,6 +20,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -43,6 +44,12 @@ pub enum ClientError {
     Plan(#[from] PlanError),
     #[error("client.configDir: cannot read {path}: {source}")]
     Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write afsd's configuration {path}: {source}")]
+    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -99,6 +106,9 @@ pub struct Client {
     proc_root: PathBuf,
     /// afsd's daemons (our children once afsd exits): pid, and how each ended.
     daemons: Mutex<Vec<(Pid, Option<String>)>>,
+    /// afsd ran and was not shut down: a start tried again after a failed root mount
+    /// must not run it twice.
+    afsd_ran: AtomicBool,
 }
 
 /// Reads the configuration files a client of `settings` needs (absent ones as `None`).
@@ -162,12 +172,18 @@ fn in_host_namespace<T: Send>(
 
 impl Client {
     /// Reads the configuration and decides the client; nothing is started.
-    pub fn load(settings: &ClientSettings, proc_root: &Path) -> Result<Self, ClientError> {
+    /// `state_dir` is kmod-manager's writable directory (afsd's configuration goes there).
+    pub fn load(
+        settings: &ClientSettings,
+        proc_root: &Path,
+        state_dir: &Path,
+    ) -> Result<Self, ClientError> {
         let files = read_files(settings)?;
         Ok(Self {
-            plan: plan::plan(settings, &files)?,
+            plan: plan::plan(settings, &files, state_dir)?,
             proc_root: proc_root.to_owned(),
             daemons: Mutex::new(Vec::new()),
+            afsd_ran: AtomicBool::new(false),
         })
     }
 
@@ -233,7 +249,11 @@ impl Client {
         }
         match &self.plan.afsd {
             None => self.give_kafs_cells()?,
-            Some((path, args)) => self.run_afsd(path, args)?,
+            Some(_) if self.afsd_ran.load(Ordering::SeqCst) => {}
+            Some((path, args)) => {
+                self.run_afsd(path, args)?;
+                self.afsd_ran.store(true, Ordering::SeqCst);
+            }
         }
         self.mount_root(fs_types)?;
         info!(
@@ -276,6 +296,9 @@ impl Client {
     }
 
     fn run_afsd(&self, path: &Path, args: &[std::ffi::OsString]) -> Result<(), ClientError> {
+        if let Some(conf) = &self.plan.afsd_conf {
+            write_afsd_conf(conf)?;
+        }
         // afsd's daemons outlive it; as their subreaper we can wait for them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!(error = %e, "cannot become the subreaper of afsd's daemons: their exit goes unnoticed");
@@ -408,6 +431,7 @@ impl Client {
             return Ok(());
         };
         let out = run_bounded(path, &["-shutdown".into()], AFSD_STOP_TIMEOUT)?;
+        self.afsd_ran.store(false, Ordering::SeqCst);
         info!(output = %out.trim(), "afsd -shutdown");
         let deadline = Instant::now() + AFSD_STOP_TIMEOUT;
         loop {
@@ -434,6 +458,20 @@ impl Client {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Writes afsd's configuration directory (replacing what an earlier run left).
+fn write_afsd_conf(conf: &plan::AfsdConf) -> Result<(), ClientError> {
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ClientError::Write { path, source }
+    };
+    std::fs::create_dir_all(&conf.dir).map_err(failed(&conf.dir))?;
+    for (name, text) in &conf.files {
+        let path = conf.dir.join(name);
+        std::fs::write(&path, text).map_err(failed(&path))?;
+    }
+    Ok(())
 }
 
 /// Runs `path args` to its end within `timeout`; its output on success.
@@ -472,7 +510,8 @@ fn run_bounded(
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
+            Err(e) => return Err(spawn_err(e)),
+            Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(ClientError::AfsdTimeout {
@@ -530,11 +569,17 @@ mod tests {
                 cells: vec![],
                 expected_cells: vec!["test.afs".into()],
                 afsd: afsd.map(|p| (p, vec![])),
+                afsd_conf: None,
             },
             proc_root: proc_root.to_owned(),
             daemons: Mutex::new(Vec::new()),
+            afsd_ran: AtomicBool::new(false),
         }
     }
+
+    /// run_afsd reaps every zombie child of the process (afsd's intermediate parents):
+    /// tests that run an afsd take turns, or one reaps another's.
+    static ONE_AFSD: Mutex<()> = Mutex::new(());
 
     fn script(dir: &Path, body: &str) -> PathBuf {
         let path = dir.join("afsd");
@@ -547,6 +592,9 @@ mod tests {
     /// one die.
     #[test]
     fn afsd_daemons_are_supervised() {
+        let _turn = ONE_AFSD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("tempdir");
         let afsd = script(
             dir.path(),
@@ -578,6 +626,9 @@ mod tests {
 
     #[test]
     fn a_failing_afsd_is_reported_with_its_output() {
+        let _turn = ONE_AFSD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("tempdir");
         let afsd = script(
             dir.path(),
@@ -592,6 +643,61 @@ mod tests {
             msg.contains("some file missing or bad in /etc/openafs"),
             "{msg}"
         );
+    }
+
+    /// afsd finds its cacheinfo and cell database in the directory kmod-manager wrote
+    /// (the map has no cacheinfo, and afsd stops without one).
+    #[test]
+    fn afsd_reads_the_configuration_kmod_manager_wrote() {
+        let _turn = ONE_AFSD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("state/openafs-conf");
+        let afsd = script(
+            dir.path(),
+            &format!("cat {0}/cacheinfo {0}/ThisCell", conf.display()),
+        );
+        let mut c = client(Some(afsd.clone()), Path::new("/proc"));
+        c.plan.afsd_conf = Some(plan::AfsdConf {
+            dir: conf.clone(),
+            files: vec![
+                ("ThisCell", "test.afs\n".into()),
+                ("cacheinfo", "/afs:/x:20000\n".into()),
+            ],
+        });
+        std::fs::create_dir_all(&conf).expect("mkdir");
+        std::fs::write(conf.join("cacheinfo"), "left by an earlier run").expect("stale");
+        c.run_afsd(&afsd, &[]).expect("afsd runs");
+        assert_eq!(
+            std::fs::read_to_string(conf.join("cacheinfo")).expect("written"),
+            "/afs:/x:20000\n"
+        );
+    }
+
+    /// A start tried again after the root mount failed does not run afsd twice.
+    #[test]
+    fn a_retried_start_runs_afsd_once() {
+        let _turn = ONE_AFSD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let proc_root = tempfile::tempdir().expect("tempdir");
+        let host = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(proc_root.path().join("1")).expect("mkdir");
+        std::os::unix::fs::symlink(host.path(), proc_root.path().join("1/root")).expect("link");
+        std::fs::write(proc_root.path().join("1/mountinfo"), "").expect("mountinfo");
+        std::fs::create_dir_all(host.path().join("afs")).expect("mkdir");
+        std::fs::write(host.path().join("afs/precious"), "data").expect("file");
+        let runs = host.path().join("runs");
+        let afsd = script(host.path(), &format!("echo run >> {}", runs.display()));
+        let c = client(Some(afsd), proc_root.path());
+        for _ in 0..2 {
+            assert!(matches!(
+                c.start(&["afs".to_owned()]),
+                Err(ClientError::Occupied { .. })
+            ));
+        }
+        assert_eq!(std::fs::read_to_string(&runs).expect("ran"), "run\n");
     }
 
     /// The AFS root is never mounted over a directory that holds something.

@@ -76,7 +76,22 @@ pub struct ClientPlan {
     pub expected_cells: Vec<String>,
     /// afsd's path and arguments (openafs, auristor).
     pub afsd: Option<(PathBuf, Vec<OsString>)>,
+    /// The configuration directory kmod-manager writes for afsd before it runs (openafs).
+    pub afsd_conf: Option<AfsdConf>,
 }
+
+/// OpenAFS's afsd reads `cacheinfo` from its `-confdir` before any option, and stops
+/// without it. The map holds the cell database alone (and is read-only), so afsd gets a
+/// directory of kmod-manager's own, in its state directory: the map's files as read,
+/// and a `cacheinfo` from the client settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfsdConf {
+    pub dir: PathBuf,
+    pub files: Vec<(&'static str, String)>,
+}
+
+/// The directory below the state directory that holds afsd's configuration.
+pub const AFSD_CONF_DIR: &str = "openafs-conf";
 
 impl CacheManagerKind {
     pub fn as_str(self) -> &'static str {
@@ -107,8 +122,13 @@ fn check_path(field: &'static str, p: &Path) -> Result<(), PlanError> {
     }
 }
 
-/// Decides the client from its settings and files.
-pub fn plan(settings: &ClientSettings, files: &ConfigFiles) -> Result<ClientPlan, PlanError> {
+/// Decides the client from its settings and files; `state_dir` is kmod-manager's own
+/// writable directory.
+pub fn plan(
+    settings: &ClientSettings,
+    files: &ConfigFiles,
+    state_dir: &Path,
+) -> Result<ClientPlan, PlanError> {
     check_path("afsRoot", &settings.afs_root)?;
     check_path("configDir", &settings.config_dir)?;
     if let Some(d) = &settings.cell_database_dir {
@@ -168,12 +188,28 @@ pub fn plan(settings: &ClientSettings, files: &ConfigFiles) -> Result<ClientPlan
     };
     expected.sort();
     expected.dedup();
+    let afsd_settings = settings.afsd.clone().unwrap_or_default();
+    let afsd_conf = match (kind, &files.cellservdb, &files.thiscell) {
+        (CacheManagerKind::Openafs, Some(db), Some(this)) => {
+            let dir = state_dir.join(AFSD_CONF_DIR);
+            let cacheinfo = cacheinfo_line(settings, &afsd_settings, &dir);
+            Some(AfsdConf {
+                files: vec![
+                    ("CellServDB", db.clone()),
+                    ("ThisCell", this.clone()),
+                    ("cacheinfo", cacheinfo),
+                ],
+                dir,
+            })
+        }
+        _ => None,
+    };
     let afsd = match kind {
         CacheManagerKind::Kafs => None,
-        _ => Some(afsd_command(
-            settings,
-            &settings.afsd.clone().unwrap_or_default(),
-        )?),
+        _ => {
+            let conf_dir = afsd_conf.as_ref().map_or(&settings.config_dir, |c| &c.dir);
+            Some(afsd_command(settings, &afsd_settings, conf_dir)?)
+        }
     };
     Ok(ClientPlan {
         kind,
@@ -182,6 +218,7 @@ pub fn plan(settings: &ClientSettings, files: &ConfigFiles) -> Result<ClientPlan
         cells,
         expected_cells: expected,
         afsd,
+        afsd_conf,
     })
 }
 
@@ -191,6 +228,7 @@ pub fn plan(settings: &ClientSettings, files: &ConfigFiles) -> Result<ClientPlan
 fn afsd_command(
     settings: &ClientSettings,
     afsd: &AfsdSettings,
+    conf_dir: &Path,
 ) -> Result<(PathBuf, Vec<OsString>), PlanError> {
     check_path("afsd.path", &afsd.path)?;
     if afsd.cache_blocks == 0 {
@@ -198,7 +236,7 @@ fn afsd_command(
     }
     let mut args: Vec<OsString> = vec![
         "-confdir".into(),
-        settings.config_dir.clone().into(),
+        conf_dir.into(),
         "-mountdir".into(),
         settings.afs_root.clone().into(),
         "-nomount".into(),
@@ -231,6 +269,18 @@ fn afsd_command(
         args.push(o.into());
     }
     Ok((afsd.path.clone(), args))
+}
+
+/// `cacheinfo`: `<AFS root>:<cache directory>:<blocks>`. afsd's options say the same and
+/// win; a memory cache has no directory, and the line names the configuration's own.
+fn cacheinfo_line(settings: &ClientSettings, afsd: &AfsdSettings, conf_dir: &Path) -> String {
+    let cache = afsd.cache_dir.as_deref().unwrap_or(conf_dir);
+    format!(
+        "{}:{}:{}\n",
+        settings.afs_root.display(),
+        cache.display(),
+        afsd.cache_blocks
+    )
 }
 
 /// The line that gives kAFS a cell: `add <cell> <addr>:<addr>` (IPv6 in brackets), or
@@ -298,6 +348,7 @@ pub fn root_health(
 mod tests {
     use super::*;
 
+    const STATE: &str = "/run/kmod-manager";
     const DB: &str = ">test.afs #t\n127.1.0.1 #afs1\n>other.org #o\n10.0.0.1 #a\n[fd00::1] #b\n";
 
     fn settings(kind: CacheManagerKind) -> ClientSettings {
@@ -320,7 +371,12 @@ mod tests {
 
     #[test]
     fn kafs_gets_every_cell_and_no_daemon() {
-        let p = plan(&settings(CacheManagerKind::Kafs), &openafs_files()).expect("plan");
+        let p = plan(
+            &settings(CacheManagerKind::Kafs),
+            &openafs_files(),
+            Path::new(STATE),
+        )
+        .expect("plan");
         assert_eq!(p.this_cell, "test.afs");
         assert_eq!(p.expected_cells, vec!["other.org", "test.afs"]);
         assert_eq!(p.afsd, None);
@@ -345,7 +401,7 @@ mod tests {
             options: vec!["-dynroot".into(), "-stat".into(), "2000".into()],
             ..AfsdSettings::default()
         });
-        let p = plan(&s, &openafs_files()).expect("plan");
+        let p = plan(&s, &openafs_files(), Path::new(STATE)).expect("plan");
         let (path, args) = p.afsd.clone().expect("afsd");
         assert_eq!(path, PathBuf::from("/usr/sbin/afsd"));
         let args: Vec<String> = args
@@ -354,7 +410,21 @@ mod tests {
             .collect();
         assert_eq!(
             args.join(" "),
-            "-confdir /etc/openafs -mountdir /afs -nomount -blocks 20000 -memcache -dynroot -stat 2000"
+            "-confdir /run/kmod-manager/openafs-conf -mountdir /afs -nomount -blocks 20000 -memcache -dynroot -stat 2000"
+        );
+        // The map has no cacheinfo and afsd stops without one: kmod-manager writes it.
+        let conf = p.afsd_conf.clone().expect("afsd's configuration");
+        assert_eq!(conf.dir, PathBuf::from("/run/kmod-manager/openafs-conf"));
+        assert_eq!(
+            conf.files,
+            vec![
+                ("CellServDB", DB.to_owned()),
+                ("ThisCell", "test.afs\n".to_owned()),
+                (
+                    "cacheinfo",
+                    "/afs:/run/kmod-manager/openafs-conf:20000\n".to_owned()
+                ),
+            ]
         );
         assert_eq!(
             p.expected_cells,
@@ -366,13 +436,17 @@ mod tests {
             cache_dir: Some("/var/cache/openafs".into()),
             ..AfsdSettings::default()
         });
-        let p = plan(&s, &openafs_files()).expect("plan");
+        let p = plan(&s, &openafs_files(), Path::new(STATE)).expect("plan");
         let args = p.afsd.expect("afsd").1;
         assert!(
             args.windows(2)
                 .any(|w| w[0] == "-cachedir" && w[1] == "/var/cache/openafs")
         );
         assert!(!args.iter().any(|a| a == "-memcache"));
+        assert_eq!(
+            p.afsd_conf.expect("conf").files[2],
+            ("cacheinfo", "/afs:/var/cache/openafs:100000\n".to_owned())
+        );
         assert_eq!(
             p.expected_cells,
             vec!["test.afs"],
@@ -387,7 +461,7 @@ mod tests {
             options: vec!["-fakestat".into(), "-nomount".into()],
             ..AfsdSettings::default()
         });
-        let e = plan(&s, &openafs_files()).expect_err("reserved");
+        let e = plan(&s, &openafs_files(), Path::new(STATE)).expect_err("reserved");
         assert_eq!(
             e.to_string(),
             "client.afsd.options[1] -nomount: kmod-manager sets it itself from the client settings"
@@ -397,16 +471,24 @@ mod tests {
             ..AfsdSettings::default()
         });
         assert!(matches!(
-            plan(&s, &openafs_files()),
+            plan(&s, &openafs_files(), Path::new(STATE)),
             Err(PlanError::BadOption { index: 0, .. })
         ));
         s.afsd = Some(AfsdSettings {
             cache_blocks: 0,
             ..AfsdSettings::default()
         });
-        assert_eq!(plan(&s, &openafs_files()), Err(PlanError::NoCache));
+        assert_eq!(
+            plan(&s, &openafs_files(), Path::new(STATE)),
+            Err(PlanError::NoCache)
+        );
 
-        let e = plan(&settings(CacheManagerKind::Kafs), &ConfigFiles::default()).expect_err("none");
+        let e = plan(
+            &settings(CacheManagerKind::Kafs),
+            &ConfigFiles::default(),
+            Path::new(STATE),
+        )
+        .expect_err("none");
         assert_eq!(
             e.to_string(),
             "client.configDir /etc/openafs: CellServDB is missing (the kafs client needs CellServDB and ThisCell there)"
@@ -415,12 +497,13 @@ mod tests {
             thiscell: Some("nowhere.org".into()),
             ..openafs_files()
         };
-        let e = plan(&settings(CacheManagerKind::Kafs), &files).expect_err("unknown");
+        let e =
+            plan(&settings(CacheManagerKind::Kafs), &files, Path::new(STATE)).expect_err("unknown");
         assert!(e.to_string().contains("ThisCell names nowhere.org"), "{e}");
         let mut s = settings(CacheManagerKind::Kafs);
         s.afs_root = "/afs/../etc".into();
         assert!(matches!(
-            plan(&s, &openafs_files()),
+            plan(&s, &openafs_files(), Path::new(STATE)),
             Err(PlanError::Path {
                 field: "afsRoot",
                 ..
@@ -437,12 +520,16 @@ mod tests {
             cell_database: Some("[cells]\n example.com = {\n }\n".into()),
             ..ConfigFiles::default()
         };
-        let p = plan(&s, &files).expect("plan");
+        let p = plan(&s, &files, Path::new(STATE)).expect("plan");
         assert_eq!(p.this_cell, "example.com");
         assert_eq!(p.expected_cells, vec!["example.com"]);
         let (_, args) = p.afsd.expect("afsd");
         assert_eq!(args[..2], ["-confdir".into(), OsString::from("/etc/yfs")]);
-        let e = plan(&s, &ConfigFiles::default()).expect_err("missing");
+        assert_eq!(
+            p.afsd_conf, None,
+            "AuriStorFS's afsd reads its profile in place"
+        );
+        let e = plan(&s, &ConfigFiles::default(), Path::new(STATE)).expect_err("missing");
         assert!(
             e.to_string().contains(
                 "yfs-client.conf is missing (the auristor client needs yfs-client.conf there)"
@@ -454,14 +541,19 @@ mod tests {
             ..ConfigFiles::default()
         };
         assert!(matches!(
-            plan(&s, &files),
+            plan(&s, &files, Path::new(STATE)),
             Err(PlanError::NoThisCell { .. })
         ));
     }
 
     #[test]
     fn health_names_what_is_wrong() {
-        let p = plan(&settings(CacheManagerKind::Kafs), &openafs_files()).expect("plan");
+        let p = plan(
+            &settings(CacheManagerKind::Kafs),
+            &openafs_files(),
+            Path::new(STATE),
+        )
+        .expect("plan");
         let afs = vec!["afs".to_owned()];
         let seen = |fs: Option<&str>, listing: Result<Vec<&str>, &str>| RootObservation {
             fs_type: fs.map(str::to_owned),

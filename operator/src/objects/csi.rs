@@ -88,7 +88,11 @@ pub(super) fn node_daemon_set(ctx: &Ctx<'_>) -> DaemonSet {
         ..SecurityContext::default()
     });
     driver.ports = Some(vec![named_port(HEALTH_PORT_NAME, HEALTH_PORT)]);
-    driver.liveness_probe = Some(http_probe("/healthz", HEALTH_PORT_NAME));
+    // Probe fails while the AFS root is not AFS (the client down or not yet up): that
+    // is readiness. As a liveness probe it restarted the plugin in a loop during a
+    // client outage, a restart fixes nothing, and the crash-loop back-off then kept the
+    // plugin down for minutes after the client came back.
+    driver.readiness_probe = Some(http_probe("/healthz", HEALTH_PORT_NAME));
     driver.volume_mounts.get_or_insert_default().extend([
         VolumeMount {
             mount_propagation: Some(BIDIRECTIONAL.to_owned()),

@@ -1194,11 +1194,15 @@ fn csi_node_plugin() {
             .contains("noexec"),
         "mount options are not a driver flag"
     );
+    assert_eq!(
+        driver.liveness_probe, None,
+        "a client outage is no reason to restart the plugin"
+    );
     let probe = driver
-        .liveness_probe
+        .readiness_probe
         .as_ref()
         .and_then(|p| p.http_get.as_ref())
-        .expect("liveness");
+        .expect("readiness");
     let port = driver
         .ports
         .as_deref()

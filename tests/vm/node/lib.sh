@@ -32,7 +32,10 @@ cell_config() {
     done
     echo "f$ADDR" > /var/lib/openafs/local/NetInfo
     echo "f$ADDR" > /etc/openafs/NetInfo
-    echo "/afs:/var/cache/openafs:20000" > /etc/openafs/cacheinfo
+    echo "/afs:/var/cache/openafs:20000" > /etc/openafs/cacheinfo # cell-init's hand afsd
+    # The client's map as a cluster has it (the examples' ConfigMap): the cell database
+    # alone, no cacheinfo.
+    mkdir -p /etc/afs-map && cp /etc/openafs/CellServDB /etc/openafs/ThisCell /etc/afs-map/
 }
 
 # Starts ptserver and vlserver, waits for their quorum (one server: its own), then the
@@ -96,14 +99,14 @@ openafs_client_down() {
 
 # The node's AFS client through the stack, as the kmod pod runs it: `kmod-manager run`
 # with the config the operator writes (module + client) and the maps it mounts: the
-# cell's CellServDB and ThisCell in /etc/openafs (cell_config). Nothing is done by hand.
+# cell's CellServDB and ThisCell in /etc/afs-map (cell_config). Nothing is done by hand.
 # km_config kafs|openafs [AFSD]: the config on stdout (AFSD: afsd's path).
 km_config() {
     case $1 in
     kafs) printf 'moduleVersion: "kernel"\nmodule:\n  name: kafs\n  filesystemTypes: [afs]\n' ;;
     openafs) printf 'moduleVersion: "dkms"\nmodule:\n  name: openafs\n  filesystemTypes: [afs]\n' ;;
     esac
-    printf 'client:\n  cacheManager: %s\n  afsRoot: /afs\n  configDir: /etc/openafs\n' "$1"
+    printf 'client:\n  cacheManager: %s\n  afsRoot: /afs\n  configDir: /etc/afs-map\n' "$1"
     [ "$1" = openafs ] && printf '  afsd:\n    path: %s\n    cacheBlocks: 20000\n    options: [-dynroot, -fakestat, -stat, "2000", -daemons, "2", -volumes, "64", -nosettime]\n' "${2:-/usr/sbin/afsd}"
     true
 }

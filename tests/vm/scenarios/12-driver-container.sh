@@ -5,7 +5,7 @@
 # pod's env, the host's /proc (hostPID), a read-only /sys, /dev, no /tmp (the image has
 # none and its root is read-only, as in the pod), an emptyDir at
 # /run/kmod-manager, the ConfigMap at /etc/kmod-manager, the kubelet dir read-only, and
-# the client's map: the cell's CellServDB and ThisCell at /etc/openafs, read-only. No
+# the client's map: the cell's CellServDB and ThisCell alone at /etc/afs-map, read-only. No
 # host /lib/modules and no host afsd: the image brings its module tree and afsd. The node
 # becomes an AFS client through the container alone, with kAFS and with openafs.ko + afsd.
 R=/image
@@ -43,13 +43,13 @@ check "the image carries afsd" [ -x $R/usr/sbin/afsd ]
 check_not "the image has no modprobe" sh -c "ls $R/sbin/modprobe $R/usr/sbin/modprobe $R/bin/kmod $R/usr/bin/kmod 2>/dev/null | grep -q ."
 check "the image runs as root (USER 0:0: loading needs CAP_SYS_MODULE)" sh -c "grep -qx '0:0' /etc/kmt/image.user"
 
-mkdir -p $R/proc $R/sys $R/dev $R/run/kmod-manager $R/etc/kmod-manager $R/etc/openafs $R/var/lib/kubelet /var/lib/kubelet /tmp/kmod-config /mnt/pod
+mkdir -p $R/proc $R/sys $R/dev $R/run/kmod-manager $R/etc/kmod-manager $R/etc/afs-map $R/var/lib/kubelet /var/lib/kubelet /tmp/kmod-config /mnt/pod
 mount --bind /proc $R/proc
 mount --bind /sys $R/sys && mount -o remount,bind,ro $R/sys
 mount --bind /dev $R/dev
 mount -t tmpfs tmpfs $R/run/kmod-manager
 mount --bind /tmp/kmod-config $R/etc/kmod-manager && mount -o remount,bind,ro $R/etc/kmod-manager
-mount --bind /etc/openafs $R/etc/openafs && mount -o remount,bind,ro $R/etc/openafs
+mount --bind /etc/afs-map $R/etc/afs-map && mount -o remount,bind,ro $R/etc/afs-map
 mount --bind /var/lib/kubelet $R/var/lib/kubelet && mount -o remount,bind,ro $R/var/lib/kubelet
 ARGV=$($BB cat /etc/kmt/image.argv | $BB tr '\n' ' ')
 check "the image's command is kmod-manager run" [ "$ARGV" = "/usr/local/bin/kmod-manager run " ]
