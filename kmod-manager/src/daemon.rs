@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::app::{AppError, Context, check_image};
 use crate::cli::RunArgs;
 use crate::client::Client;
+use crate::config::CacheManagerKind;
 use crate::guard::{Decision, Usage, without_client};
 use crate::metrics::{Metrics, ModuleLabels};
 use crate::node::NodeReporter;
@@ -535,6 +536,35 @@ async fn watch_client(
         }
         retry_in = (retry_in * 2).min(CLIENT_START_RETRY_MAX);
     }
+    // kAFS: each pod's network namespace gets the cells as it appears (client::netns).
+    let follower = shared
+        .client()
+        .is_some_and(|c| c.plan.kind == CacheManagerKind::Kafs)
+        .then(|| {
+            let (flag, s) = (Arc::new(AtomicBool::new(false)), shared.clone());
+            let f = flag.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                if let Some(c) = s.client() {
+                    c.follow_network_namespaces(&f);
+                }
+            });
+            (flag, task)
+        });
+    check_client(&shared, reporter.as_ref(), &mut stop).await;
+    if let Some((flag, task)) = follower {
+        flag.store(true, Ordering::SeqCst);
+        if let Err(e) = task.await {
+            warn!(error = %e, "network namespace follower ended abnormally");
+        }
+    }
+}
+
+/// Checks the client until `stop` (see [`watch_client`]).
+async fn check_client(
+    shared: &Arc<Shared>,
+    reporter: Option<&NodeReporter>,
+    stop: &mut watch::Receiver<bool>,
+) {
     let mut in_flight: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     loop {
         let check = in_flight.get_or_insert_with(|| {
@@ -557,7 +587,7 @@ async fn watch_client(
                 )),
             },
         };
-        apply_client_health(&shared, reporter.as_ref(), health).await;
+        apply_client_health(shared, reporter, health).await;
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(CLIENT_CHECK_INTERVAL) => {}

@@ -13,6 +13,7 @@
 //! (child subreaper), so one that dies is seen; the AFS root check sees the rest.
 
 pub mod celldb;
+mod netns;
 pub mod plan;
 
 use std::fs::OpenOptions;
@@ -57,6 +58,12 @@ pub enum ClientError {
     #[error("cannot enter the host's mount namespace ({step}): {source}")]
     HostNamespace {
         step: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot enter the network namespace pinned at {path}: {source}")]
+    NetNamespace {
+        path: PathBuf,
         #[source]
         source: Errno,
     },
@@ -243,12 +250,12 @@ impl Client {
         if self.root_fs_type().is_some_and(|t| fs_types.contains(&t)) {
             info!(afs_root = %self.plan.afs_root.display(), "AFS root already mounted: adopting the running client");
             if self.plan.kind == CacheManagerKind::Kafs {
-                self.give_kafs_cells()?;
+                self.give_kafs_cells(&self.proc_root.join("fs/afs"))?;
             }
             return Ok(());
         }
         match &self.plan.afsd {
-            None => self.give_kafs_cells()?,
+            None => self.give_kafs_cells(&self.proc_root.join("fs/afs"))?,
             Some(_) if self.afsd_ran.load(Ordering::SeqCst) => {}
             Some((path, args)) => {
                 self.run_afsd(path, args)?;
@@ -268,10 +275,10 @@ impl Client {
         Ok(())
     }
 
-    /// kAFS: every cell of the cell database, then this cell as the root cell. Cells
-    /// live in the network namespace of the writer (the node's: hostNetwork).
-    fn give_kafs_cells(&self) -> Result<(), ClientError> {
-        let dir = self.proc_root.join("fs/afs");
+    /// kAFS: every cell of the cell database, then this cell as the root cell, through
+    /// `dir` (kAFS's procfs directory). Cells live in the network namespace of that
+    /// directory: `fs/afs` is the writer's (the node's: hostNetwork); see [`netns`].
+    fn give_kafs_cells(&self, dir: &Path) -> Result<(), ClientError> {
         let write = |file: &str, line: String| -> Result<(), ClientError> {
             let path = dir.join(file);
             let result = OpenOptions::new()
@@ -299,6 +306,7 @@ impl Client {
         if let Some(conf) = &self.plan.afsd_conf {
             write_afsd_conf(conf)?;
         }
+        writable_proc_fs(Path::new("/proc/fs"))?;
         // afsd's daemons outlive it; as their subreaper we can wait for them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!(error = %e, "cannot become the subreaper of afsd's daemons: their exit goes unnoticed");
@@ -458,6 +466,36 @@ impl Client {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A container runtime makes `/proc/fs` read-only (the OCI default `readonlyPaths`),
+/// and afsd opens `/proc/fs/openafs/afs_ioctl` read-write for every cache-manager call
+/// ("Error -1 in basic initialization"). In the kmod container's own mount namespace,
+/// which afsd shares, that bind is made writable again; the host's is not touched.
+fn writable_proc_fs(path: &Path) -> Result<(), ClientError> {
+    let read_only = nix::sys::statvfs::statvfs(path)
+        .is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    if !read_only {
+        return Ok(());
+    }
+    nix::mount::mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|source| ClientError::Mount {
+        what: "making afsd's cache-manager interface writable:",
+        path: path.to_owned(),
+        source,
+    })?;
+    info!(path = %path.display(), "made read-write for afsd (the runtime mounts it read-only)");
+    Ok(())
 }
 
 /// Writes afsd's configuration directory (replacing what an earlier run left).
@@ -698,6 +736,32 @@ mod tests {
             ));
         }
         assert_eq!(std::fs::read_to_string(&runs).expect("ran"), "run\n");
+    }
+
+    /// The runtime's read-only /proc/fs is made writable for afsd (a read-only bind
+    /// stands in for it here).
+    #[test]
+    fn a_read_only_proc_fs_is_made_writable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        let bound = nix::mount::mount(
+            Some(dir.path()),
+            dir.path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .and_then(|()| nix::mount::mount(None::<&str>, dir.path(), None::<&str>, ro, None::<&str>));
+        if let Err(e) = bound {
+            eprintln!("skipped: cannot bind-mount here ({e})");
+            return;
+        }
+        let probe = dir.path().join("probe");
+        assert!(std::fs::write(&probe, "x").is_err(), "read-only first");
+        writable_proc_fs(dir.path()).expect("made writable");
+        let written = std::fs::write(&probe, "x");
+        nix::mount::umount2(dir.path(), MntFlags::MNT_DETACH).expect("umount");
+        written.expect("writable now");
     }
 
     /// The AFS root is never mounted over a directory that holds something.

@@ -65,6 +65,10 @@ const CAP_SYS_ADMIN: &str = "SYS_ADMIN";
 /// That is what spares the container `privileged: true`, which Bidirectional mount
 /// propagation would need.
 const CAP_SYS_CHROOT: &str = "SYS_CHROOT";
+/// afsd (OpenAFS, AuriStorFS) raises the priority of its Rx listener
+/// (`setpriority(-20)`) and stops when it cannot ("setting rx priority: Permission
+/// denied"). Not given for kAFS, which has no daemon.
+const CAP_SYS_NICE: &str = "SYS_NICE";
 
 const CONFIG_VOLUME: &str = "kmod-config";
 const RUN_VOLUME: &str = "kmod-run";
@@ -242,29 +246,32 @@ fn container(ctx: &Ctx<'_>, volumes: &Volumes, image: &str) -> Container {
         ports: Some(vec![named_port(HTTP_PORT_NAME, HTTP_PORT)]),
         readiness_probe: Some(http_probe("/readyz", HTTP_PORT_NAME)),
         liveness_probe: Some(http_probe("/healthz", HTTP_PORT_NAME)),
-        security_context: Some(security_context()),
+        security_context: Some(security_context(ctx.spec.csi.cache_manager)),
         volume_mounts: Some(volumes.mounts.clone()),
         ..Container::default()
     }
 }
 
 /// Not privileged: root with exactly [`CAP_SYS_MODULE`], [`CAP_SYS_PTRACE`],
-/// [`CAP_SYS_ADMIN`] and [`CAP_SYS_CHROOT`], no privilege escalation.
-fn security_context() -> SecurityContext {
+/// [`CAP_SYS_ADMIN`] and [`CAP_SYS_CHROOT`], and [`CAP_SYS_NICE`] where afsd runs; no
+/// privilege escalation.
+fn security_context(cache_manager: CacheManager) -> SecurityContext {
     let base = hardened();
+    let mut add: Vec<String> = [
+        CAP_SYS_MODULE,
+        CAP_SYS_PTRACE,
+        CAP_SYS_ADMIN,
+        CAP_SYS_CHROOT,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if cache_manager != CacheManager::Kafs {
+        add.push(CAP_SYS_NICE.to_owned());
+    }
     SecurityContext {
         run_as_user: Some(ROOT),
         capabilities: Some(Capabilities {
-            add: Some(
-                [
-                    CAP_SYS_MODULE,
-                    CAP_SYS_PTRACE,
-                    CAP_SYS_ADMIN,
-                    CAP_SYS_CHROOT,
-                ]
-                .map(str::to_owned)
-                .to_vec(),
-            ),
+            add: Some(add),
             ..base.capabilities.clone().unwrap_or_default()
         }),
         // The runtime's AppArmor profile allows ptrace reads only of processes under

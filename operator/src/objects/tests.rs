@@ -738,6 +738,26 @@ fn without_the_controller_no_controller_objects() {
     );
 }
 
+/// kAFS has no daemon: its kmod pod gets no CAP_SYS_NICE.
+#[test]
+fn kafs_kmod_container_has_no_nice_capability() {
+    let kafs = spec_with(|s| s.csi.cache_manager = CacheManager::Kafs);
+    let d = build_with(&kafs, &kernels(), true);
+    for ds in &d.kmod_daemon_sets {
+        let c = container(pod_spec(ds), "kmod-manager");
+        let caps = c
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.capabilities.as_ref())
+            .and_then(|c| c.add.as_deref())
+            .expect("capabilities");
+        assert_eq!(
+            caps,
+            &["SYS_MODULE", "SYS_PTRACE", "SYS_ADMIN", "SYS_CHROOT"].map(str::to_owned)[..]
+        );
+    }
+}
+
 #[test]
 fn kmod_container_has_exactly_the_chosen_privileges() {
     let d = desired();
@@ -769,10 +789,19 @@ fn kmod_container_has_exactly_the_chosen_privileges() {
         let caps = sc.capabilities.as_ref().expect("capabilities");
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
         // Module loading, the unload guard, the AFS root mount and joining the host's
-        // mount namespace for it: nothing more.
+        // mount namespace for it, afsd's Rx priority: nothing more.
         assert_eq!(
             caps.add.as_deref(),
-            Some(&["SYS_MODULE", "SYS_PTRACE", "SYS_ADMIN", "SYS_CHROOT"].map(str::to_owned)[..])
+            Some(
+                &[
+                    "SYS_MODULE",
+                    "SYS_PTRACE",
+                    "SYS_ADMIN",
+                    "SYS_CHROOT",
+                    "SYS_NICE"
+                ]
+                .map(str::to_owned)[..]
+            )
         );
         assert_eq!(
             c.command.as_deref(),

@@ -2,13 +2,13 @@
 # databases and volumes (root.afs, root.cell, test.vol), the mount point of test.vol in
 # root.cell, ACLs granting system:anyuser, then stops the servers cleanly and saves the
 # partition and databases to the cell cache (tar), which every scenario boot restores.
-step "cell configuration (loopback $ADDR only) and servers"
+step "cell configuration ($ADDR on lo only) and servers"
 cell_config
 check "ptserver, vlserver, fileserver and volserver answer" cell_servers
 for v in root.afs root.cell $TESTVOL; do
     check "vos create $v" show vos create $ADDR a $v -maxquota 0 -noauth -cell $CELL
 done
-# The host entry 127.1.0.1 joins system:administrators so that this unauthenticated
+# The host entry $ADDR joins system:administrators so that this unauthenticated
 # client may set ACLs (fileservers add a host's rights to every caller from it); it
 # leaves again once the ACLs are set.
 check "pts: host $ADDR in system:administrators" sh -c "pts createuser -name $ADDR -noauth -cell $CELL >/dev/null && pts adduser -user $ADDR -group system:administrators -noauth -cell $CELL"

@@ -1,7 +1,7 @@
 # The demo on the AFS node (bin/demo boots this): every step with its real output.
 step "The node: Debian bookworm guest root, kernel $KVER"
 show uname -a
-step "Starting the AFS cell $CELL (ptserver, vlserver, fileserver, volserver; loopback $ADDR, no auth)"
+step "Starting the AFS cell $CELL (ptserver, vlserver, fileserver, volserver; $ADDR on lo, no auth)"
 check "cell up" cell_up
 show sh -c "ip -4 addr show dev lo | grep inet; cat /etc/openafs/server/CellServDB /var/lib/openafs/local/NetInfo"
 show pgrep -a -f /usr/lib/openafs/

@@ -1,8 +1,9 @@
 # Guest-side helpers for the AFS node scenarios (sourced after scenarios/lib.sh, inside
-# the Debian guest root; POSIX sh). A real OpenAFS cell on loopback only: 127.1.0.1/32 on
-# lo (OpenAFS refuses 127.0.0.x), named in CellServDB, /etc/hosts and NetInfo.
+# the Debian guest root; POSIX sh). A real OpenAFS cell on an address of lo only:
+# 10.77.0.1/32, named in CellServDB, /etc/hosts and NetInfo. Not 127/8: a pod's own
+# network namespace (its own lo) must reach the cell, as it reaches a node's address.
 CELL=test.afs
-ADDR=127.1.0.1
+ADDR=10.77.0.1
 TESTVOL=test.vol
 DRIVER=auristorfs.csi.auristor.com
 SOCK=/run/csi/csi.sock
@@ -42,11 +43,14 @@ cell_config() {
 # fileserver and volserver (no bosserver), and waits until the fileserver has registered
 # its address in the VLDB (a fileserver started before the quorum registers minutes later,
 # and kAFS then finds no address: EDESTADDRREQ).
+# Each binds its Rx socket to the cell's address (-rxbind), as a server on a host of
+# its own answers from the address it was asked at: kAFS drops a reply from any other,
+# and one bound to all addresses answers a pod (10.99/10.88) from the bridge's address.
 cell_servers() {
-    for s in ptserver vlserver; do $AFSLIB/$s >/var/log/openafs/$s.out 2>&1 & done
+    for s in ptserver vlserver; do $AFSLIB/$s -rxbind >/var/log/openafs/$s.out 2>&1 & done
     wait_cell "VL and PT quorum" "vos listvldb -noauth -cell $CELL && pts listentries -noauth -cell $CELL" || return 1
-    $AFSLIB/volserver >/var/log/openafs/volserver.out 2>&1 &
-    $AFSLIB/fileserver -L >/var/log/openafs/fileserver.out 2>&1 &
+    $AFSLIB/volserver -rxbind >/var/log/openafs/volserver.out 2>&1 &
+    $AFSLIB/fileserver -L -rxbind >/var/log/openafs/fileserver.out 2>&1 &
     wait_cell "fileserver registered, partition /vicepa served" \
         "vos listaddrs -noresolve -noauth -cell $CELL | grep -q "$ADDR" && vos listpart $ADDR -noauth -cell $CELL | grep -q /vicepa"
 }
@@ -128,6 +132,15 @@ readyz_within() {
         $BB usleep 200000; i=$((i + 1))
     done
     sed 's/^/    | /' /tmp/km.log; return 1
+}
+# pod_netns NAME: a network namespace pinned as a runtime pins a pod's (`ip netns add`:
+# a bind mount of nsfs in /run/netns), reaching the cell through a veth pair, as a CNI
+# bridge's pod does.
+pod_netns() {
+    ip netns add $1 && ip link add v$1 type veth peer name eth0 netns $1 &&
+        ip addr add 10.99.0.1/30 dev v$1 && ip link set v$1 up &&
+        ip -n $1 addr add 10.99.0.2/30 dev eth0 && ip -n $1 link set eth0 up &&
+        ip -n $1 link set lo up && ip -n $1 route add default via 10.99.0.1
 }
 # stack_down: SIGTERM, as kubelet stops the pod; the daemon's exit status.
 stack_down() { kill -TERM $KM_PID; wait $KM_PID; }

@@ -2,7 +2,8 @@
 # (12) the kmod driver container AS BUILT (images/build: buildah, unpacked from its OCI
 # layout), run the way a container runtime runs the operator's DaemonSet pod: its own
 # root (chroot into the image), the command and environment of the image config plus the
-# pod's env, the host's /proc (hostPID), a read-only /sys, /dev, no /tmp (the image has
+# pod's env, the host's /proc (hostPID) with /proc/fs read-only, the pod's capabilities
+# only, a read-only /sys, /dev, no /tmp (the image has
 # none and its root is read-only, as in the pod), an emptyDir at
 # /run/kmod-manager, the ConfigMap at /etc/kmod-manager, the kubelet dir read-only, and
 # the client's map: the cell's CellServDB and ThisCell alone at /etc/afs-map, read-only. No
@@ -28,7 +29,7 @@ start_container() {
         KMOD_READY_FILE=/run/kmod-manager/ready KMOD_REPORT_NODE=false KMOD_FS_TYPES=afs \
         KMOD_CSI_DRIVER_NAME=auristorfs.csi.auristor.com KMOD_KUBELET_DIR=/var/lib/kubelet \
         KMOD_LISTEN=127.0.0.1:9808 RUST_LOG=info NO_COLOR=1 \
-        $BB chroot $R $ARGV >"$1" 2>&1 &
+        /usr/bin/setpriv --no-new-privs --bounding-set=-all,$CAPS $BB chroot $R $ARGV >"$1" 2>&1 &
     CPID=$!
 }
 # container_up LOG: started and /readyz ready (module AND client) within 120 s.
@@ -45,6 +46,11 @@ check "the image runs as root (USER 0:0: loading needs CAP_SYS_MODULE)" sh -c "g
 
 mkdir -p $R/proc $R/sys $R/dev $R/run/kmod-manager $R/etc/kmod-manager $R/etc/afs-map $R/var/lib/kubelet /var/lib/kubelet /tmp/kmod-config /mnt/pod
 mount --bind /proc $R/proc
+# As runc's OCI defaults: /proc/fs read-only in the container.
+mount --bind $R/proc/fs $R/proc/fs && mount -o remount,bind,ro $R/proc/fs
+# The operator's capabilities for the kmod container (objects/kmod.rs), nothing more
+# (setpriv: the bounding set, no_new_privs as allowPrivilegeEscalation: false).
+CAPS=+sys_module,+sys_ptrace,+sys_admin,+sys_chroot
 mount --bind /sys $R/sys && mount -o remount,bind,ro $R/sys
 mount --bind /dev $R/dev
 mount -t tmpfs tmpfs $R/run/kmod-manager
@@ -58,6 +64,7 @@ step "kAFS through the container"
 container_config kafs > /tmp/kmod-config/config.yaml
 check "the container becomes ready: kafs loaded from the image, the cells given, /afs mounted" container_up
 check "/afs is the kAFS dynamic root listing $CELL" afs_root_is 6b414653
+check "the container runs with the pod's four capabilities only" grep -q "^CapEff:.*00000000002d0000" /proc/$CPID/status
 check "the test volume reads through /afs" grep -q made-by-cell-init /afs/$CELL/$TESTVOL/README
 check "a pod binds the volume (an AFS mount of its own)" mount --bind /afs/$CELL/$TESTVOL /mnt/pod
 container_down
@@ -81,8 +88,11 @@ check "the container said why it kept them" contains /tmp/km.log 'left=\["fscach
 
 step "openafs.ko and the image's afsd through the container"
 container_config openafs > /tmp/kmod-config/config.yaml
+CAPS=$CAPS,+sys_nice # afsd's Rx priority: given where afsd runs
 check "the container becomes ready: openafs.ko loaded from the image, afsd started, /afs mounted" container_up
 check "/afs is OpenAFS's root (magic 5346414f) listing $CELL" afs_root_is 5346414f
+check "the container runs with those and CAP_SYS_NICE only" grep -q "^CapEff:.*0000000000ad0000" /proc/$CPID/status
+check "it made the runtime's read-only /proc/fs writable for afsd" contains /tmp/km.log "made read-write for afsd"
 check "the test volume reads through /afs" grep -q made-by-cell-init /afs/$CELL/$TESTVOL/README
 container_down
 check "SIGTERM when idle: the container exits 0" [ $? -eq 0 ]
